@@ -1,0 +1,361 @@
+"""Learning-rate and momentum schedules as pure functions of the step.
+
+Every schedule here is a plain function ``f(step, **settings)`` that returns a
+learning rate, or a ``(learning_rate, momentum)`` pair. They hold no state, so
+they are easy to plot, test and pickle (bind the settings with
+:func:`functools.partial`). :class:`Scheduler` applies such a function to any
+``torch.optim`` optimizer once per batch.
+
+Policies:
+
+* :func:`cyclic` -- Smith's cyclical learning rates (CLR): ``triangular``,
+  ``triangular2`` and ``exp_range``. L. N. Smith, "Cyclical Learning Rates for
+  Training Neural Networks", WACV 2017, https://arxiv.org/abs/1506.01186
+* :func:`one_cycle` -- the 1cycle policy with cyclical momentum as described in
+  S. Gugger, "The 1cycle policy" (2018): two equal phases up and down between
+  ``max_lr/div`` and ``max_lr``, then an annihilation phase down to
+  ``max_lr/(div*final_div)``. L. N. Smith, "A disciplined approach to neural
+  network hyper-parameters: Part 1", https://arxiv.org/abs/1803.09820
+* :func:`one_cycle_cosine` -- the two-phase cosine 1cycle of PyTorch's
+  ``OneCycleLR`` and fastai's ``fit_one_cycle``.
+* :func:`constant` -- a fixed learning rate (and momentum), the usual baseline.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence, Union
+
+import torch
+
+__all__ = [
+    "anneal_linear",
+    "anneal_cos",
+    "anneal_exp",
+    "cyclic",
+    "one_cycle",
+    "one_cycle_cosine",
+    "constant",
+    "Scheduler",
+]
+
+ScheduleValue = Union[float, "tuple[float, float]"]
+ScheduleFn = Callable[[int], ScheduleValue]
+
+CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
+
+
+# --- annealing functions: go from `start` to `end` as `pct` goes from 0 to 1 -----------
+
+def anneal_linear(start: float, end: float, pct: float) -> float:
+    """Linear interpolation from ``start`` (pct=0) to ``end`` (pct=1)."""
+    return start + (end - start) * pct
+
+
+def anneal_cos(start: float, end: float, pct: float) -> float:
+    """Cosine interpolation from ``start`` (pct=0) to ``end`` (pct=1): flat at both ends."""
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
+
+
+def anneal_exp(start: float, end: float, pct: float) -> float:
+    """Geometric interpolation from ``start`` to ``end`` (both must be positive)."""
+    return start * (end / start) ** pct
+
+
+ANNEALERS = {"linear": anneal_linear, "cos": anneal_cos, "exp": anneal_exp}
+
+
+def _annealer(anneal: str) -> Callable[[float, float, float], float]:
+    try:
+        return ANNEALERS[anneal]
+    except KeyError:
+        raise ValueError(f"anneal must be one of {sorted(ANNEALERS)}, got {anneal!r}") from None
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def _check_step(step: int) -> None:
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step!r}")
+
+
+def _check_moms(moms: Sequence[float]) -> tuple[float, float]:
+    if len(moms) != 2 or not all(0.0 <= m < 1.0 for m in moms):
+        raise ValueError(f"moms must be two momenta in [0, 1), got {moms!r}")
+    return float(moms[0]), float(moms[1])
+
+
+def _phased(pct: float, phases: Sequence[tuple[float, float, float, float, float]], anneal) -> tuple[float, float]:
+    """Evaluate a piecewise schedule at ``pct`` (fraction of training done, clamped to [0, 1]).
+
+    ``phases`` is a table of ``(end_pct, lr_start, lr_end, mom_start, mom_end)``; each phase
+    starts where the previous one ended (the first at 0) and the last ends at 1.
+    """
+    pct = min(max(pct, 0.0), 1.0)
+    start_pct = 0.0
+    for end_pct, lr0, lr1, m0, m1 in phases:
+        if pct <= end_pct:
+            width = end_pct - start_pct
+            frac = 1.0 if width <= 0 else (pct - start_pct) / width
+            return anneal(lr0, lr1, frac), anneal(m0, m1, frac)
+        start_pct = end_pct
+    raise AssertionError("phase table must end at 1.0")  # pragma: no cover
+
+
+# --- policies ----------------------------------------------------------------------------
+
+def cyclic(step: int, base_lr: float, max_lr: float, step_size: int,
+           mode: str = "triangular", gamma: float = 1.0) -> float:
+    """Smith's cyclical learning rate at batch ``step`` (0-based).
+
+    With ``cycle = floor(1 + step / (2 * step_size))`` and
+    ``x = |step / step_size - 2 * cycle + 1|`` the rate is
+    ``base_lr + (max_lr - base_lr) * max(0, 1 - x) * scale`` where ``scale`` is 1 for
+    ``triangular``, ``1 / 2**(cycle - 1)`` for ``triangular2`` (the amplitude halves
+    every cycle) and ``gamma**step`` for ``exp_range``. The values equal those of
+    ``torch.optim.lr_scheduler.CyclicLR(base_lr, max_lr, step_size_up=step_size,
+    mode=mode, gamma=gamma)`` at every step.
+
+    Args:
+        step: batch index, starting at 0.
+        base_lr: the lower bound of the cycle.
+        max_lr: the upper bound of the cycle (reached at odd multiples of ``step_size``).
+        step_size: number of batches in half a cycle (Smith suggests 2-10 epochs).
+        mode: ``"triangular"``, ``"triangular2"`` or ``"exp_range"``.
+        gamma: decay per batch of the amplitude in ``exp_range`` mode, in (0, 1].
+
+    Example:
+        >>> [round(cyclic(s, 0.1, 1.0, step_size=2), 3) for s in range(5)]
+        [0.1, 0.55, 1.0, 0.55, 0.1]
+    """
+    _check_step(step)
+    _check_positive("base_lr", base_lr)
+    _check_positive("max_lr", max_lr)
+    if max_lr < base_lr:
+        raise ValueError(f"max_lr must be >= base_lr, got max_lr={max_lr!r} < base_lr={base_lr!r}")
+    if not (isinstance(step_size, int) and step_size >= 1):
+        raise ValueError(f"step_size must be a positive integer, got {step_size!r}")
+    if mode not in CYCLIC_MODES:
+        raise ValueError(f"mode must be one of {CYCLIC_MODES}, got {mode!r}")
+    if not (0.0 < gamma <= 1.0):
+        raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+    cycle = math.floor(1 + step / (2 * step_size))
+    x = abs(step / step_size - 2 * cycle + 1)
+    if mode == "triangular":
+        scale = 1.0
+    elif mode == "triangular2":
+        scale = 1.0 / 2.0 ** (cycle - 1)
+    else:
+        scale = gamma ** step
+    return base_lr + (max_lr - base_lr) * max(0.0, 1.0 - x) * scale
+
+
+def one_cycle(step: int, total_steps: int, max_lr: float, div: float = 10.0,
+              final_div: float = 100.0, annihilate: float = 0.1,
+              moms: Sequence[float] = (0.95, 0.85), anneal: str = "linear") -> tuple[float, float]:
+    """The 1cycle policy with cyclical momentum, as in "The 1cycle policy" (Gugger, 2018).
+
+    The schedule is a function of ``pct = step / total_steps``, clamped to [0, 1], so a
+    step past the end holds the final value. Its phase table:
+
+    =================  ===========================  ===========================
+    pct                learning rate                momentum
+    =================  ===========================  ===========================
+    0 -> c/2           max_lr/div -> max_lr          moms[0] -> moms[1]
+    c/2 -> c           max_lr -> max_lr/div          moms[1] -> moms[0]
+    c -> 1             max_lr/div -> max_lr/(div*final_div)   moms[0]
+    =================  ===========================  ===========================
+
+    with ``c = 1 - annihilate``. fastai 0.7's ``use_clr_beta=(div, 100*annihilate,
+    moms[0], moms[1])`` is this schedule with ``final_div=100``.
+
+    Relation to PyTorch: ``OneCycleLR(opt, max_lr, total_steps=n, pct_start=c/2,
+    anneal_strategy="linear", div_factor=div, final_div_factor=final_div,
+    three_phase=True, base_momentum=moms[1], max_momentum=moms[0])`` gives the same
+    values, except that it ends each phase one step earlier (its phases end at steps
+    ``c*n/2 - 1``, ``c*n - 2`` and ``n - 1``, ours at ``c*n/2``, ``c*n`` and ``n``), so
+    the two differ by at most two steps' worth of slope.
+
+    Args:
+        step: batch index, starting at 0.
+        total_steps: number of batches in the whole training.
+        max_lr: the peak learning rate (the post picks it with the LR range test).
+        div: the cycle starts and ends at ``max_lr / div``.
+        final_div: the annihilation ends at ``max_lr / (div * final_div)``.
+        annihilate: fraction of training spent in the final annihilation phase, in [0, 1).
+        moms: (high, low) momentum; momentum moves opposite to the learning rate.
+        anneal: ``"linear"`` (the post) or ``"cos"`` interpolation inside each phase.
+
+    Returns:
+        ``(lr, momentum)`` at ``step``.
+
+    Example (the post's main run: 0.08 -> 0.8 -> 0.08 by epoch 82, 0.0008 at epoch 95):
+        >>> f = lambda epoch: one_cycle(epoch, 95, max_lr=0.8, annihilate=0.1368)
+        >>> [round(f(e)[0], 4) for e in (0, 41, 82, 95)]
+        [0.08, 0.8, 0.08, 0.0008]
+    """
+    _check_step(step)
+    if not (isinstance(total_steps, int) and total_steps >= 1):
+        raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+    _check_positive("max_lr", max_lr)
+    _check_positive("div", div)
+    _check_positive("final_div", final_div)
+    if not (0.0 <= annihilate < 1.0):
+        raise ValueError(f"annihilate must be a fraction in [0, 1), got {annihilate!r}")
+    hi_mom, lo_mom = _check_moms(moms)
+    low = max_lr / div
+    cycle_end = 1.0 - annihilate
+    phases = (
+        (cycle_end / 2, low, max_lr, hi_mom, lo_mom),
+        (cycle_end, max_lr, low, lo_mom, hi_mom),
+        (1.0, low, low / final_div, hi_mom, hi_mom),
+    )
+    return _phased(step / total_steps, phases, _annealer(anneal))
+
+
+def one_cycle_cosine(step: int, total_steps: int, max_lr: float, pct_start: float = 0.3,
+                     div: float = 25.0, final_div: float = 1e4,
+                     moms: Sequence[float] = (0.95, 0.85)) -> tuple[float, float]:
+    """The two-phase cosine 1cycle of PyTorch's ``OneCycleLR`` and fastai's ``fit_one_cycle``.
+
+    Warm up from ``max_lr/div`` to ``max_lr`` over the first ``pct_start`` of training
+    while momentum goes ``moms[0] -> moms[1]``, then anneal down to
+    ``max_lr/(div*final_div)`` while momentum returns to ``moms[0]``, both with cosine
+    curves. The defaults are ``OneCycleLR``'s (fastai uses ``pct_start=0.25``).
+    ``OneCycleLR(opt, max_lr, total_steps=n)`` gives the same values except that its
+    phases end one step earlier (at steps ``pct_start*n - 1`` and ``n - 1``).
+
+    Example:
+        >>> lr, mom = one_cycle_cosine(30, 100, max_lr=1.0)
+        >>> round(lr, 6), round(mom, 6)
+        (1.0, 0.85)
+    """
+    _check_step(step)
+    if not (isinstance(total_steps, int) and total_steps >= 1):
+        raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+    _check_positive("max_lr", max_lr)
+    _check_positive("div", div)
+    _check_positive("final_div", final_div)
+    if not (0.0 < pct_start < 1.0):
+        raise ValueError(f"pct_start must be in (0, 1), got {pct_start!r}")
+    hi_mom, lo_mom = _check_moms(moms)
+    low = max_lr / div
+    phases = (
+        (pct_start, low, max_lr, hi_mom, lo_mom),
+        (1.0, max_lr, low / final_div, lo_mom, hi_mom),
+    )
+    return _phased(step / total_steps, phases, anneal_cos)
+
+
+def constant(step: int, lr: float, momentum: float | None = None) -> ScheduleValue:
+    """A fixed learning rate (and, if given, a fixed momentum) at every step."""
+    _check_step(step)
+    _check_positive("lr", lr)
+    if momentum is None:
+        return lr
+    if not (0.0 <= momentum < 1.0):
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    return lr, momentum
+
+
+# --- driving an optimizer -----------------------------------------------------------------
+
+def _momentum_key(group: dict) -> str | None:
+    if "momentum" in group:
+        return "momentum"
+    if "betas" in group:
+        return "betas"
+    return None
+
+
+def group_momentum(group: dict) -> float:
+    """The momentum of a param group: ``momentum`` for SGD-like optimizers, beta1 for Adam-like."""
+    key = _momentum_key(group)
+    if key == "momentum":
+        return float(group["momentum"])
+    if key == "betas":
+        return float(group["betas"][0])
+    return float("nan")
+
+
+def set_group_momentum(group: dict, momentum: float) -> None:
+    """Set SGD's ``momentum`` or Adam's beta1 in a param group; error if it has neither."""
+    key = _momentum_key(group)
+    if key == "momentum":
+        group["momentum"] = momentum
+    elif key == "betas":
+        group["betas"] = (momentum, *group["betas"][1:])
+    else:
+        raise ValueError(
+            f"the schedule returned a momentum ({momentum!r}) but the optimizer's param group has "
+            "neither 'momentum' nor 'betas'")
+
+
+class Scheduler(torch.optim.lr_scheduler.LRScheduler):
+    """Drive an optimizer from a pure function of the batch index.
+
+    Call :meth:`step` once per batch, after ``optimizer.step()``. Construction
+    applies step 0, and each :meth:`step` applies the next one. The function returns
+    a learning rate, or a ``(lr, momentum)`` pair, in which case the momentum of
+    SGD-like optimizers (``momentum``) or Adam-like ones (``betas[0]``) is set too.
+    Past the end of a finite schedule the function holds its last value (all the
+    schedules of this module clamp), so extra steps never raise.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer``.
+        fn: a schedule ``step -> lr | (lr, momentum)``, or one such function per param group.
+        lr_scale: optional multiplier of the learning rate per param group
+            (discriminative learning rates); momentum is not scaled.
+        last_epoch: the last step applied, for resuming; prefer :meth:`load_state_dict`.
+
+    Example:
+        >>> from functools import partial
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        >>> sched = Scheduler(opt, partial(one_cycle, total_steps=100, max_lr=0.8))
+        >>> round(opt.param_groups[0]["lr"], 3), opt.param_groups[0]["momentum"]
+        (0.08, 0.95)
+
+    ``state_dict()`` holds the position and scales but not the functions: resume by
+    building the scheduler with the same functions and loading the state. Use
+    module-level functions or ``functools.partial`` (not lambdas) to pickle it.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, fn: ScheduleFn | Sequence[ScheduleFn],
+                 lr_scale: Sequence[float] | None = None, last_epoch: int = -1) -> None:
+        n_groups = len(optimizer.param_groups)
+        fns = list(fn) if isinstance(fn, (list, tuple)) else [fn] * n_groups
+        if len(fns) != n_groups or not all(callable(f) for f in fns):
+            raise ValueError(
+                f"fn must be a callable or a list of {n_groups} callables (one per param group), got {fn!r}")
+        scales = [1.0] * n_groups if lr_scale is None else [float(s) for s in lr_scale]
+        if len(scales) != n_groups or not all(s > 0 for s in scales):
+            raise ValueError(
+                f"lr_scale must hold {n_groups} positive factors (one per param group), got {lr_scale!r}")
+        self.fns = fns
+        self.lr_scale = scales
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:  # called by LRScheduler.step()
+        lrs = []
+        for group, f, scale in zip(self.optimizer.param_groups, self.fns, self.lr_scale):
+            value = f(self.last_epoch)
+            if isinstance(value, tuple):
+                lr, momentum = value
+                set_group_momentum(group, momentum)
+            else:
+                lr = value
+            lrs.append(lr * scale)
+        return lrs
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "fns")}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the position, then re-apply the schedule so the optimizer matches it."""
+        self.__dict__.update(state_dict)
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
