@@ -381,7 +381,7 @@ def resolve_names(names: Sequence[str]) -> list[str]:
 
 def _find_data(data: str | None) -> str | None:
     """A data root holding CIFAR-10, trying a download where it is missing; None if there is none."""
-    root = Path(data).expanduser() if data else _data.default_data_root()
+    root = (Path(data).expanduser() if data else _data.default_data_root()).resolve()
     if _data.find_cifar10(root) is not None:
         return str(root)
     try:
