@@ -81,6 +81,15 @@ def _check_step(step: int) -> None:
         raise ValueError(f"step must be >= 0, got {step!r}")
 
 
+def _check_one_cycle(step: int, total_steps: int, max_lr: float, div: float, final_div: float) -> None:
+    _check_step(step)
+    if not (isinstance(total_steps, int) and total_steps >= 1):
+        raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+    _check_positive("max_lr", max_lr)
+    _check_positive("div", div)
+    _check_positive("final_div", final_div)
+
+
 def _check_moms(moms: Sequence[float]) -> tuple[float, float]:
     if len(moms) != 2 or not all(0.0 <= m < 1.0 for m in moms):
         raise ValueError(f"moms must be two momenta in [0, 1), got {moms!r}")
@@ -196,12 +205,7 @@ def one_cycle(step: int, total_steps: int, max_lr: float, div: float = 10.0,
         >>> [round(f(e)[0], 4) for e in (0, 41, 82, 95)]
         [0.08, 0.8, 0.08, 0.0008]
     """
-    _check_step(step)
-    if not (isinstance(total_steps, int) and total_steps >= 1):
-        raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
-    _check_positive("max_lr", max_lr)
-    _check_positive("div", div)
-    _check_positive("final_div", final_div)
+    _check_one_cycle(step, total_steps, max_lr, div, final_div)
     if not (0.0 <= annihilate < 1.0):
         raise ValueError(f"annihilate must be a fraction in [0, 1), got {annihilate!r}")
     hi_mom, lo_mom = _check_moms(moms)
@@ -232,12 +236,7 @@ def one_cycle_cosine(step: int, total_steps: int, max_lr: float, pct_start: floa
         >>> round(lr, 6), round(mom, 6)
         (1.0, 0.85)
     """
-    _check_step(step)
-    if not (isinstance(total_steps, int) and total_steps >= 1):
-        raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
-    _check_positive("max_lr", max_lr)
-    _check_positive("div", div)
-    _check_positive("final_div", final_div)
+    _check_one_cycle(step, total_steps, max_lr, div, final_div)
     if not (0.0 < pct_start < 1.0):
         raise ValueError(f"pct_start must be in (0, 1), got {pct_start!r}")
     hi_mom, lo_mom = _check_moms(moms)
