@@ -202,8 +202,8 @@ def one_cycle(step: int, total_steps: int, max_lr: float, div: float = 10.0,
 
     Example (the post's main run: 0.08 -> 0.8 -> 0.08 by epoch 82, 0.0008 at epoch 95):
         >>> f = lambda epoch: one_cycle(epoch, 95, max_lr=0.8, annihilate=0.1368)
-        >>> [round(f(e)[0], 4) for e in (0, 41, 82, 95)]
-        [0.08, 0.8, 0.08, 0.0008]
+        >>> [f"{f(e)[0]:.2g}" for e in (0, 41, 82, 95)]
+        ['0.08', '0.8', '0.08', '0.0008']
     """
     _check_one_cycle(step, total_steps, max_lr, div, final_div)
     if not (0.0 <= annihilate < 1.0):

@@ -141,7 +141,7 @@ def fit(model: nn.Module, train_loader, epochs: int, schedule: ScheduleFn | None
         >>> train = data.CifarLoader(x, y, batch_size=64, device="cpu")
         >>> test = data.CifarLoader(xt, yt, batch_size=64, train=False, device="cpu")
         >>> sched = partial(schedules.one_cycle, total_steps=2 * len(train), max_lr=0.5)
-        >>> hist = fit(models.resnet20(), train, 2, sched, test_loader=test, progress=False)
+        >>> hist = fit(models.resnet_cifar(8), train, 2, sched, test_loader=test, progress=False)
         >>> len(hist), list(epoch_table(hist).index)
         (8, [1, 2])
     """
