@@ -187,7 +187,7 @@ def synthetic_cifar10(n_train: int = 2048, n_test: int = 512, num_classes: int =
     return CifarArrays((*sample(n_train), *sample(n_test)), source="synthetic", synthetic=True)
 
 
-def write_cifar10_folder(root: str | os.PathLike, arrays=None, per_file: int | None = None) -> Path:
+def write_cifar10_folder(root: str | os.PathLike, arrays=None) -> Path:
     """Write images in the official "python version" layout under ``root/cifar-10-batches-py``.
 
     Used by the tests (a small folder that :func:`load_cifar10` reads back) and to hand

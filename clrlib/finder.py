@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from .train import model_device, autocast, evaluate, train_step
+from .train import autocast, evaluate, model_device, restore_training_modes, train_step, training_modes
 
 __all__ = ["lr_find", "FinderResult", "SUGGESTIONS", "snapshot", "restore"]
 
@@ -125,20 +125,20 @@ def longest_descent(values: list) -> tuple[int, int]:
     return origin[end], end
 
 
-def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict, bool]:
-    """An in-memory copy of the model's weights and buffers and the optimizer's state."""
+def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict, list]:
+    """An in-memory copy of the model's weights, buffers and train/eval flags, and the optimizer's state."""
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return weights, copy.deepcopy(optimizer.state_dict()), model.training
+    return weights, copy.deepcopy(optimizer.state_dict()), training_modes(model)
 
 
-def restore(model: nn.Module, optimizer: torch.optim.Optimizer, saved: tuple[dict, dict, bool]) -> None:
+def restore(model: nn.Module, optimizer: torch.optim.Optimizer, saved: tuple[dict, dict, list]) -> None:
     """Put back what :func:`snapshot` saved, bit for bit."""
-    weights, opt_state, training = saved
+    weights, opt_state, modes = saved
     with torch.no_grad():
         for k, v in model.state_dict().items():
             v.copy_(weights[k])
     optimizer.load_state_dict(opt_state)
-    model.train(training)
+    restore_training_modes(modes)
 
 
 def _schedule(start_lr: float, end_lr: float, num_it: int, mode: str) -> list[float]:
@@ -196,7 +196,7 @@ def lr_find(model: nn.Module, loss_fn: Callable, batches: Iterable, optimizer: t
         mode: ``"exp"`` (geometric steps, the post) or ``"linear"`` (Smith's CLR paper).
         beta: smoothing of the loss, ``avg = beta*avg + (1-beta)*loss``, divided by ``1 - beta**k``.
         stop_factor: stop when the smoothed loss exceeds this times the best, or is not finite;
-            None never stops early.
+            None never stops early. (The rule assumes a positive loss, as cross-entropy and MSE are.)
         val_batches: if given, the loss (and accuracy) are measured on these held-out batches
             after each step, in eval mode, instead of on the training batch.
         accuracy: also record the accuracy (argmax of the output) at each iteration.
@@ -217,7 +217,8 @@ def lr_find(model: nn.Module, loss_fn: Callable, batches: Iterable, optimizer: t
     saved = snapshot(model, optimizer)
     avg, best = 0.0, math.inf
     try:
-        model.train()
+        if not model.training:  # a model already training keeps its own per-layer settings
+            model.train()
         for i, (lr, (x, y)) in enumerate(zip(_schedule(start_lr, end_lr, num_it, mode), _repeat(batches))):
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -227,7 +228,6 @@ def lr_find(model: nn.Module, loss_fn: Callable, batches: Iterable, optimizer: t
             acc = (out.argmax(1) == y).float().mean().item() if accuracy else None
             if val_batches is not None:
                 loss, acc = evaluate(model, val_batches, loss_fn, amp)
-                model.train()
             avg = beta * avg + (1 - beta) * loss
             smoothed = avg / (1 - beta ** (i + 1))
             if not math.isfinite(smoothed) or (stop_factor is not None and i > 0

@@ -44,7 +44,7 @@ def plot_finder(result, ax=None, skip_start: int = 0, skip_end: int = 0,
     if raw:
         ax.plot(lrs, result.raw_losses[skip_start:end], color=line.get_color(), alpha=0.3, lw=0.8)
     markers = iter("ovs^D")
-    for method in suggestions:
+    for method in suggestions if len(result) >= 3 else ():  # too short a curve to suggest from
         lr = result.suggest(method)
         loss = min(zip(result.lrs, result.losses), key=lambda p: abs(p[0] / lr - 1))[1]
         ax.plot([lr], [loss], next(markers), color=line.get_color(), ms=7,
@@ -57,7 +57,7 @@ def plot_finder(result, ax=None, skip_start: int = 0, skip_end: int = 0,
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("smoothed training loss" if not result.settings.get("held_out") else "smoothed held-out loss")
-    if label or suggestions:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
     return ax
 

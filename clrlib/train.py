@@ -62,6 +62,17 @@ def model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
+def training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every submodule's train/eval flag, so that they can be put back exactly (a frozen BN stays frozen)."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def restore_training_modes(modes: list[tuple[nn.Module, bool]]) -> None:
+    """Put back what :func:`training_modes` saved."""
+    for module, flag in modes:
+        module.training = flag
+
+
 def train_step(model: Callable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                x: torch.Tensor, y: torch.Tensor,
                amp=contextlib.nullcontext()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +95,7 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable | None = Non
     """Mean loss and accuracy (a fraction) of ``model`` over ``batches``, in eval mode."""
     device = model_device(model)
     loss_fn = loss_fn or F.cross_entropy
-    was_training = model.training
+    modes = training_modes(model)
     model.eval()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -96,7 +107,7 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable | None = Non
             total_loss += loss_fn(out.float(), y) * len(y)
             correct += (out.argmax(1) == y).sum()
             count += len(y)
-    model.train(was_training)
+    restore_training_modes(modes)
     if count == 0:
         raise ValueError("evaluate got no batches")
     return total_loss.item() / count, correct.item() / count
@@ -117,7 +128,8 @@ def fit(model: nn.Module, train_loader, epochs: int, schedule: ScheduleFn | None
         schedule: ``step -> lr`` or ``step -> (lr, momentum)`` over the ``epochs * len(train_loader)``
             steps, e.g. ``partial(one_cycle, total_steps=..., max_lr=0.8)``. Default: constant ``lr``.
         optimizer: default ``SGD(lr, momentum, weight_decay)`` over all parameters.
-        lr, momentum, weight_decay: settings of the default optimizer (and the default schedule).
+        lr, momentum, weight_decay: settings of the default optimizer; without a schedule the LR
+            stays ``lr`` (or the given optimizer's own LR).
         test_loader: batches to evaluate on after every epoch (the post uses the test set).
         loss_fn: default cross-entropy.
         device: default: CUDA, then MPS, then CPU.
@@ -161,6 +173,8 @@ def fit(model: nn.Module, train_loader, epochs: int, schedule: ScheduleFn | None
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                     weight_decay=weight_decay)
+    elif schedule is None:
+        lr = float(optimizer.param_groups[0]["lr"])
     scheduler = Scheduler(optimizer, schedule if schedule is not None else partial(constant, lr=lr))
     loss_fn = loss_fn or F.cross_entropy
     run_model = torch.compile(model) if compile else model
