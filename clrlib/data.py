@@ -142,7 +142,9 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = False) 
     folder = find_cifar10(base)
     if folder is None and download:
         from torchvision.datasets.utils import download_and_extract_archive
-        download_and_extract_archive(URL, str(base), md5=ARCHIVE_MD5)
+        # the archive holds cifar-10-batches-py/: extract beside it if root names that folder
+        into = base.parent if base.name == FOLDER else base
+        download_and_extract_archive(URL, str(into), md5=ARCHIVE_MD5)
         folder = find_cifar10(base)
     if folder is None:
         raise DatasetNotFoundError(_not_found_message(base))
@@ -213,6 +215,20 @@ def write_cifar10_folder(root: str | os.PathLike, arrays=None) -> Path:
 
 
 # --- the on-device loader --------------------------------------------------------------------
+
+def reflect_pad(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """Reflection padding of the last two dimensions (edge pixel not repeated), in any dtype.
+
+    Done by indexing, so uint8 images stay uint8 (no float copy of the whole data set).
+    """
+    def index(size: int) -> torch.Tensor:
+        if pad >= size:
+            raise ValueError(f"pad must be smaller than the image size {size}, got {pad!r}")
+        i = torch.arange(-pad, size + pad, device=images.device).abs()
+        return torch.where(i >= size, 2 * (size - 1) - i, i)
+
+    return images[..., index(images.shape[-2])[:, None], index(images.shape[-1])]
+
 
 def augment(x_padded: torch.Tensor, generator: torch.Generator | None = None, pad: int = 4,
             flip: bool = True) -> torch.Tensor:
@@ -291,7 +307,7 @@ class CifarLoader:
             images, labels = images[pick], labels[pick]
         images = images.to(self.device)
         if self.augment and pad:
-            images = F.pad(images.float(), (pad,) * 4, mode="reflect").to(torch.uint8)
+            images = reflect_pad(images, pad)
         self.images = images
         self.labels = labels.to(self.device)
         self.mean = torch.tensor(CIFAR10_MEAN, device=self.device).view(1, 3, 1, 1) * 255

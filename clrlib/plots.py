@@ -4,6 +4,7 @@ axes it drew on; nothing here shows or prints.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping, Sequence
 
 import pandas as pd
@@ -90,7 +91,7 @@ def plot_schedule(history: pd.DataFrame, axes=None, x: str = "step", label: str 
     """
     if axes is None:
         import matplotlib.pyplot as plt
-        _, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
     ax_lr, ax_mom = axes
     ax_lr.plot(history[x], history["lr"], label=label)
     ax_lr.set_xlabel(x)
@@ -117,12 +118,22 @@ def plot_cycle(history: pd.DataFrame, axes=None, title: str | None = None):
     """
     if axes is None:
         import matplotlib.pyplot as plt
-        fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(2, 1))
+        fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(2, 1),
+                                 layout="constrained")
     ax_loss, ax_acc = axes
     epochs = epoch_table(history)
     ax_loss.plot(epochs.index, epochs["train_loss"], label="training loss")
     ax_loss.plot(epochs.index, epochs["test_loss"], label="validation loss")
     ax_loss.set_ylabel("loss")
+    # an early validation spike (BatchNorm statistics at a high LR) would flatten the curves:
+    # cap the axis at twice the largest training loss and say which epochs went off the chart
+    cap = 2 * epochs["train_loss"].max()
+    off = epochs.index[epochs["test_loss"] > cap]
+    if len(off) and math.isfinite(cap):
+        ax_loss.set_ylim(0, cap)
+        ax_loss.text(0.01, 0.97, "validation loss off the chart at epoch(s) "
+                     + ", ".join(str(e) for e in off[:8]) + ("..." if len(off) > 8 else ""),
+                     transform=ax_loss.transAxes, va="top", fontsize="small", color="C1")
     ax_lr = ax_loss.twinx()
     ax_lr.plot(history["epoch"], history["lr"], color="0.6", lw=1, ls="--", label="learning rate")
     ax_lr.set_ylabel("learning rate")

@@ -450,3 +450,28 @@ def test_loader_bad_arguments(small, change, bad):
 def test_module_constants():
     assert len(CIFAR10_CLASSES) == 10 and CIFAR10_CLASSES[0] == "airplane"
     assert data.TRAIN_FILES == tuple(BATCH_FILES[:5]) and data.TEST_FILES == ("test_batch",)
+
+
+@pytest.mark.parametrize("pad", [1, 4])
+def test_reflect_pad_matches_torch_and_keeps_uint8(pad):
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    padded = data.reflect_pad(images, pad)
+    assert padded.dtype == torch.uint8 and padded.shape == (3, 3, 32 + 2 * pad, 32 + 2 * pad)
+    expected = F.pad(images.float(), (pad,) * 4, mode="reflect").to(torch.uint8)
+    assert torch.equal(padded, expected)
+    with pytest.raises(ValueError, match="32"):
+        data.reflect_pad(images, 32)
+
+
+def test_download_into_a_root_that_names_the_batches_folder(tmp_path, small, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+    roots = []
+
+    def fake_download(url, download_root, md5=None, **kwargs):
+        roots.append(download_root)
+        write_cifar10_folder(download_root, small)
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+    got = load_cifar10(tmp_path / "cifar-10-batches-py", download=True)
+    assert roots == [str(tmp_path)]
+    assert_same_arrays(got, small)
