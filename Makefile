@@ -60,9 +60,9 @@ data:
 run: setup data
 	$(PY) -m clrlib.experiments run --profile auto --data $(DATA) --out results
 
-# test: the unit tests, then every notebook executed by nbval (in this venv's Python)
-# in the smoke profile.
+# test: the unit tests and the library's docstring examples, then every notebook executed
+# by nbval (in this venv's Python) in the smoke profile.
 test: setup
 	rm -rf $(TEST_OUT)
 	CLRLIB_PROFILE=smoke CLRLIB_OUT=$(TEST_OUT) MPLBACKEND=Agg \
-	  $(PY) -m pytest tests --nbval-lax --nbval-current-env $(NOTEBOOKS)
+	  $(PY) -m pytest tests clrlib --doctest-modules --nbval-lax --nbval-current-env $(NOTEBOOKS)
