@@ -64,5 +64,6 @@ run: setup data
 # by nbval (in this venv's Python) in the smoke profile.
 test: setup
 	rm -rf $(TEST_OUT)
+	MPLBACKEND=Agg $(PY) -m pytest --doctest-modules clrlib
 	CLRLIB_PROFILE=smoke CLRLIB_OUT=$(TEST_OUT) MPLBACKEND=Agg \
-	  $(PY) -m pytest tests clrlib --doctest-modules --nbval-lax --nbval-current-env $(NOTEBOOKS)
+	  $(PY) -m pytest tests --nbval-lax --nbval-current-env $(NOTEBOOKS)
