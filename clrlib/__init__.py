@@ -14,3 +14,8 @@ from .schedules import Scheduler, constant, cyclic, one_cycle, one_cycle_cosine
 from .train import epoch_table, evaluate, fit
 
 __version__ = "0.1.0"
+
+__all__ = ["data", "finder", "models", "plots", "schedules", "train",
+           "CifarLoader", "load_cifar10", "synthetic_cifar10", "FinderResult", "lr_find",
+           "resnet56", "resnet_cifar", "Scheduler", "constant", "cyclic", "one_cycle",
+           "one_cycle_cosine", "epoch_table", "evaluate", "fit"]

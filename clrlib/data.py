@@ -88,7 +88,8 @@ def find_cifar10(root: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
-def _not_found_message(base: Path) -> str:
+def not_found_message(base: Path) -> str:
+    """Where clrlib looked for CIFAR-10 under ``base``, and how to get it."""
     looked = ", ".join(str(p) for p in _candidates(base))
     return (
         f"CIFAR-10 (python version) not found: looked for {FOLDER}/data_batch_1 in {looked}.\n"
@@ -147,14 +148,14 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = False) 
         download_and_extract_archive(URL, str(into), md5=ARCHIVE_MD5)
         folder = find_cifar10(base)
     if folder is None:
-        raise DatasetNotFoundError(_not_found_message(base))
+        raise DatasetNotFoundError(not_found_message(base))
     parts = {}
     for split, files in (("train", TRAIN_FILES), ("test", TEST_FILES)):
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
             raise DatasetNotFoundError(
                 f"incomplete CIFAR-10 folder {folder}: missing {', '.join(missing)}. "
-                + _not_found_message(base).split("\n", 1)[1])
+                + not_found_message(base).split("\n", 1)[1])
         xs, ys = zip(*(_read_batch(folder / f) for f in files))
         parts[split] = torch.cat(xs), torch.cat(ys)
     return CifarArrays((*parts["train"], *parts["test"]), source=str(folder))

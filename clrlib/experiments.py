@@ -401,7 +401,7 @@ def _find_data(data: str | None) -> str | None:
         return str(root)
     except Exception as e:  # no internet, or a failed download
         print(f"CIFAR-10 not found and could not be downloaded ({type(e).__name__}: {e}).\n"
-              + _data._not_found_message(root), file=sys.stderr)
+              + _data.not_found_message(root), file=sys.stderr)
         return None
 
 

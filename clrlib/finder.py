@@ -159,7 +159,8 @@ def _repeat(batches: Iterable) -> Iterator:
             if count == 0:
                 raise ValueError("batches is empty")
             warnings.warn(f"batches ran out after {count} batches; stopping the range test there "
-                          "(pass a re-iterable loader to run all num_it iterations)", RuntimeWarning)
+                          "(pass a re-iterable loader to run all num_it iterations)",
+                          RuntimeWarning, stacklevel=3)
             return
 
 

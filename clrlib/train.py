@@ -75,13 +75,14 @@ def restore_training_modes(modes: list[tuple[nn.Module, bool]]) -> None:
 
 def train_step(model: Callable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                x: torch.Tensor, y: torch.Tensor,
-               amp=contextlib.nullcontext()) -> tuple[torch.Tensor, torch.Tensor]:
+               amp: contextlib.AbstractContextManager | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on a batch; returns the loss (0-d) and the output, detached.
 
+    ``amp`` is the autocast context to run the forward pass in (see :func:`autocast`), or None.
     Nothing is copied to the host, so the caller decides when to synchronise.
     """
     optimizer.zero_grad(set_to_none=True)
-    with amp:
+    with amp if amp is not None else contextlib.nullcontext():
         out = model(x)
         loss = loss_fn(out, y)
     loss.backward()
