@@ -88,11 +88,22 @@ def _check_one_cycle(step: int, total_steps: int, max_lr: float, div: float, fin
     _check_positive("max_lr", max_lr)
     _check_positive("div", div)
     _check_positive("final_div", final_div)
+    if div < 1:
+        raise ValueError(f"div must be >= 1 (the cycle starts at max_lr/div, not above max_lr), got {div!r}")
+    if final_div < 1:
+        raise ValueError(
+            f"final_div must be >= 1 (the last phase ends at max_lr/(div*final_div), not above "
+            f"max_lr/div), got {final_div!r}")
 
 
-def _check_moms(moms: Sequence[float]) -> tuple[float, float]:
+def _check_moms(moms: Sequence[float], allow_inverted: bool = False) -> tuple[float, float]:
+    """``(high, low)`` momenta in [0, 1); ``high < low`` only with ``allow_inverted``."""
     if len(moms) != 2 or not all(0.0 <= m < 1.0 for m in moms):
         raise ValueError(f"moms must be two momenta in [0, 1), got {moms!r}")
+    if moms[0] < moms[1] and not allow_inverted:
+        raise ValueError(
+            f"moms must be (high, low), momentum falling as the learning rate rises, got {moms!r}; "
+            "pass allow_inverted_moms=True to raise momentum with the learning rate on purpose")
     return float(moms[0]), float(moms[1])
 
 
@@ -163,7 +174,8 @@ def cyclic(step: int, base_lr: float, max_lr: float, step_size: int,
 
 def one_cycle(step: int, total_steps: int, max_lr: float, div: float = 10.0,
               final_div: float = 100.0, annihilate: float = 0.1,
-              moms: Sequence[float] = (0.95, 0.85), anneal: str = "linear") -> tuple[float, float]:
+              moms: Sequence[float] = (0.95, 0.85), anneal: str = "linear",
+              allow_inverted_moms: bool = False) -> tuple[float, float]:
     """The 1cycle policy with cyclical momentum, as in "The 1cycle policy" (Gugger, 2018).
 
     The schedule is a function of ``pct = step / total_steps``, clamped to [0, 1], so a
@@ -191,11 +203,14 @@ def one_cycle(step: int, total_steps: int, max_lr: float, div: float = 10.0,
         step: batch index, starting at 0.
         total_steps: number of batches in the whole training.
         max_lr: the peak learning rate (the post picks it with the LR range test).
-        div: the cycle starts and ends at ``max_lr / div``.
-        final_div: the annihilation ends at ``max_lr / (div * final_div)``.
+        div: the cycle starts and ends at ``max_lr / div``; at least 1.
+        final_div: the annihilation ends at ``max_lr / (div * final_div)``; at least 1.
         annihilate: fraction of training spent in the final annihilation phase, in [0, 1).
-        moms: (high, low) momentum; momentum moves opposite to the learning rate.
+        moms: (high, low) momentum; momentum moves opposite to the learning rate. Equal
+            values give a constant momentum; ``moms[0] < moms[1]`` is an error unless
+            ``allow_inverted_moms`` is set.
         anneal: ``"linear"`` (the post) or ``"cos"`` interpolation inside each phase.
+        allow_inverted_moms: accept ``moms[0] < moms[1]`` (momentum rising with the LR).
 
     Returns:
         ``(lr, momentum)`` at ``step``.
@@ -208,7 +223,7 @@ def one_cycle(step: int, total_steps: int, max_lr: float, div: float = 10.0,
     _check_one_cycle(step, total_steps, max_lr, div, final_div)
     if not (0.0 <= annihilate < 1.0):
         raise ValueError(f"annihilate must be a fraction in [0, 1), got {annihilate!r}")
-    hi_mom, lo_mom = _check_moms(moms)
+    hi_mom, lo_mom = _check_moms(moms, allow_inverted_moms)
     low = max_lr / div
     cycle_end = 1.0 - annihilate
     phases = (
@@ -221,7 +236,8 @@ def one_cycle(step: int, total_steps: int, max_lr: float, div: float = 10.0,
 
 def one_cycle_cosine(step: int, total_steps: int, max_lr: float, pct_start: float = 0.3,
                      div: float = 25.0, final_div: float = 1e4,
-                     moms: Sequence[float] = (0.95, 0.85)) -> tuple[float, float]:
+                     moms: Sequence[float] = (0.95, 0.85),
+                     allow_inverted_moms: bool = False) -> tuple[float, float]:
     """The two-phase cosine 1cycle of PyTorch's ``OneCycleLR`` and fastai's ``fit_one_cycle``.
 
     Warm up from ``max_lr/div`` to ``max_lr`` over the first ``pct_start`` of training
@@ -231,6 +247,16 @@ def one_cycle_cosine(step: int, total_steps: int, max_lr: float, pct_start: floa
     ``OneCycleLR(opt, max_lr, total_steps=n)`` gives the same values except that its
     phases end one step earlier (at steps ``pct_start*n - 1`` and ``n - 1``).
 
+    Args:
+        step: batch index, starting at 0.
+        total_steps: number of batches in the whole training.
+        max_lr: the peak learning rate.
+        pct_start: fraction of training spent warming up, in (0, 1).
+        div: the warm-up starts at ``max_lr / div``; at least 1.
+        final_div: training ends at ``max_lr / (div * final_div)``; at least 1.
+        moms: (high, low) momentum, as in :func:`one_cycle`.
+        allow_inverted_moms: accept ``moms[0] < moms[1]`` (momentum rising with the LR).
+
     Example:
         >>> lr, mom = one_cycle_cosine(30, 100, max_lr=1.0)
         >>> round(lr, 6), round(mom, 6)
@@ -239,7 +265,7 @@ def one_cycle_cosine(step: int, total_steps: int, max_lr: float, pct_start: floa
     _check_one_cycle(step, total_steps, max_lr, div, final_div)
     if not (0.0 < pct_start < 1.0):
         raise ValueError(f"pct_start must be in (0, 1), got {pct_start!r}")
-    hi_mom, lo_mom = _check_moms(moms)
+    hi_mom, lo_mom = _check_moms(moms, allow_inverted_moms)
     low = max_lr / div
     phases = (
         (pct_start, low, max_lr, hi_mom, lo_mom),

@@ -477,3 +477,52 @@ def test_no_warnings_in_normal_use():
         opt = _sgd()
         sched = Scheduler(opt, fn)
         assert len(_trace(opt, sched, 15)) == 15
+
+
+# --- silent misuse: inverted momentum, a start or end above the peak ----------------------------
+
+@pytest.mark.parametrize("fn", [one_cycle, one_cycle_cosine])
+@pytest.mark.parametrize("moms", [(0.85, 0.95), [0.8, 0.9], (0.0, 0.5)])
+def test_inverted_moms_are_rejected_naming_value_and_flag(fn, moms):
+    with pytest.raises(ValueError, match=re.escape(repr(moms))) as info:
+        fn(5, 100, 0.8, moms=moms)
+    assert "allow_inverted_moms=True" in str(info.value)
+    with pytest.raises(ValueError, match="allow_inverted_moms"):
+        Scheduler(_sgd(), partial(fn, total_steps=100, max_lr=0.8, moms=moms))
+
+
+def test_inverted_moms_allowed_with_the_flag():
+    f = partial(one_cycle, total_steps=1000, max_lr=0.8, annihilate=0.2, moms=(0.85, 0.95),
+                allow_inverted_moms=True)
+    assert f(0) == pytest.approx((0.08, 0.85), rel=1e-12)
+    assert f(400) == pytest.approx((0.8, 0.95), rel=1e-12)  # momentum now rises with the LR
+    assert f(1000) == pytest.approx((0.0008, 0.85), rel=1e-12)
+    g = partial(one_cycle_cosine, total_steps=100, max_lr=1.0, moms=(0.85, 0.95),
+                allow_inverted_moms=True)
+    assert g(0) == pytest.approx((1 / 25, 0.85)) and g(30) == pytest.approx((1.0, 0.95))
+    # the flag changes nothing for the usual order
+    assert one_cycle(7, 100, 0.8, allow_inverted_moms=True) == one_cycle(7, 100, 0.8)
+
+
+@pytest.mark.parametrize("fn", [one_cycle, one_cycle_cosine])
+def test_equal_moms_give_constant_momentum(fn):
+    f = partial(fn, total_steps=50, max_lr=0.5, moms=(0.9, 0.9))
+    assert {f(s)[1] for s in range(0, 60)} == {0.9}
+    assert max(f(s)[0] for s in range(60)) == pytest.approx(0.5, rel=0.1)
+
+
+@pytest.mark.parametrize("fn", [one_cycle, one_cycle_cosine])
+@pytest.mark.parametrize("name,bad", [("div", 0.5), ("div", 0.999), ("final_div", 0.1),
+                                      ("final_div", 0.99)])
+def test_div_and_final_div_below_one_are_rejected(fn, name, bad):
+    with pytest.raises(ValueError, match=re.escape(repr(bad))) as info:
+        fn(5, 100, 0.8, **{name: bad})
+    assert f"{name} must be >= 1" in str(info.value)
+
+
+def test_div_and_final_div_of_one_are_allowed():
+    # div=1: the cycle is flat at max_lr; final_div=1: no annihilation below max_lr/div
+    assert one_cycle(0, 100, 0.8, div=1.0) == pytest.approx((0.8, 0.95))
+    assert one_cycle(100, 100, 0.8, final_div=1) == pytest.approx((0.08, 0.95))
+    assert one_cycle_cosine(0, 100, 0.8, div=1) == pytest.approx((0.8, 0.95))
+    assert one_cycle_cosine(100, 100, 0.8, final_div=1.0) == pytest.approx((0.8 / 25, 0.95))
