@@ -130,7 +130,7 @@ def test_python2_pickles_need_latin1_and_load(tmp_path, small):
     with open(folder / "data_batch_1", "rb") as f:
         with pytest.raises(UnicodeDecodeError):
             pickle.load(f)  # what a plain pickle.load does with the official files
-    assert_same_arrays(load_cifar10(tmp_path), small)
+    assert_same_arrays(load_cifar10(tmp_path, strict=False), small)  # small, and no clrlib marker
 
 
 def test_our_files_also_load_with_plain_pickle(cifar_folder):
@@ -291,8 +291,8 @@ def test_augment_crops_are_windows_of_the_padded_image_at_all_offsets():
     crops = augment(canvas, torch.Generator().manual_seed(0))
     assert crops.shape == (3000, 3, 32, 32) and crops.dtype == canvas.dtype
     oy, ox, flipped = _decode(crops)
-    assert set(oy.tolist()) == set(range(9))
-    assert set(ox.tolist()) == set(range(9))
+    assert set(oy.tolist()) == set(range(8))  # offsets 0..2*pad-1, as fastai 0.7
+    assert set(ox.tolist()) == set(range(8))
     assert 0.4 < flipped.float().mean().item() < 0.6  # both flip states, about equally often
 
 
@@ -301,17 +301,17 @@ def test_augment_without_flip_and_other_pad():
     assert crops.shape == (500, 3, 32, 32)
     oy, ox, flipped = _decode(crops)
     assert not flipped.any()
-    assert set(oy.tolist()) == set(range(5)) and set(ox.tolist()) == set(range(5))
+    assert set(oy.tolist()) == set(range(4)) and set(ox.tolist()) == set(range(4))
 
 
 def test_augment_on_a_reflection_padded_image():
     # a real image, reflection-padded as CifarLoader does; its pixels encode their coordinates
     img = (torch.arange(3 * 32 * 32, dtype=torch.float32) % 997).view(1, 3, 32, 32)
-    padded = F.pad(img, (4, 4, 4, 4), mode="reflect")
+    padded = data.reflect_pad(img, 4)
     assert padded.shape == (1, 3, 40, 40)
     n = 40
     crops = augment(padded.expand(n, -1, -1, -1), torch.Generator().manual_seed(2))
-    windows = [(oy, ox, fl) for oy in range(9) for ox in range(9) for fl in (False, True)]
+    windows = [(oy, ox, fl) for oy in range(8) for ox in range(8) for fl in (False, True)]
     found = set()
     for crop in crops:
         matches = []
@@ -453,12 +453,15 @@ def test_module_constants():
 
 
 @pytest.mark.parametrize("pad", [1, 4])
-def test_reflect_pad_matches_torch_and_keeps_uint8(pad):
+def test_reflect_pad_matches_numpy_symmetric_and_keeps_uint8(pad):
+    # cv2.BORDER_REFLECT (fastai 0.7) is numpy's "symmetric" mode: the edge pixel repeated
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     padded = data.reflect_pad(images, pad)
     assert padded.dtype == torch.uint8 and padded.shape == (3, 3, 32 + 2 * pad, 32 + 2 * pad)
-    expected = F.pad(images.float(), (pad,) * 4, mode="reflect").to(torch.uint8)
-    assert torch.equal(padded, expected)
+    expected = np.pad(images.numpy(), ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="symmetric")
+    assert torch.equal(padded, torch.from_numpy(expected))
+    not_expected = F.pad(images.float(), (pad,) * 4, mode="reflect").to(torch.uint8)
+    assert not torch.equal(padded, not_expected)  # torch's "reflect" skips the edge pixel
     with pytest.raises(ValueError, match="32"):
         data.reflect_pad(images, 32)
 
@@ -475,3 +478,324 @@ def test_download_into_a_root_that_names_the_batches_folder(tmp_path, small, mon
     got = load_cifar10(tmp_path / "cifar-10-batches-py", download=True)
     assert roots == [str(tmp_path)]
     assert_same_arrays(got, small)
+
+
+# --- augmentation as fastai 0.7: cv2.BORDER_REFLECT padding, crop offsets 0..2*pad-1 ------------
+
+def test_reflect_pad_repeats_the_edge_pixel_like_cv2_border_reflect():
+    cols = torch.arange(32).expand(1, 1, 32, 32)  # pixel value = column index
+    padded = data.reflect_pad(cols, 4)
+    row = padded[0, 0, 10].tolist()
+    assert row[:4] == [3, 2, 1, 0]            # padded columns -4..-1
+    assert row[4:36] == list(range(32))
+    assert row[36:] == [31, 30, 29, 28]       # columns W..W+3 are W-1..W-4
+    rows = data.reflect_pad(cols.transpose(-1, -2), 4)[0, 0, :, 10].tolist()
+    assert rows[:4] == [3, 2, 1, 0] and rows[36:] == [31, 30, 29, 28]  # the same along rows
+
+
+def test_augment_reaches_crop_offsets_0_to_7_and_never_8():
+    # pixel value = 100 * row + column of the original image; crop pixel (4, 4) at offset
+    # (oy, ox) of the padded image is original pixel (oy, ox)
+    img = (100 * torch.arange(32).view(32, 1) + torch.arange(32)).expand(4000, 3, 32, 32)
+    crops = augment(data.reflect_pad(img, 4), torch.Generator().manual_seed(0), flip=False)
+    oy, ox = crops[:, 0, 4, 4] // 100, crops[:, 0, 4, 4] % 100
+    assert set(oy.tolist()) == set(range(8)) and set(ox.tolist()) == set(range(8))
+    counts = torch.bincount(ox, minlength=9)
+    assert counts[8] == 0 and counts[:8].min() > 350  # about uniform over 8 positions
+
+
+def test_augment_flips_half_the_images():
+    img = torch.arange(32).expand(2000, 1, 32, 32)
+    crops = augment(data.reflect_pad(img, 4), torch.Generator().manual_seed(1))
+    flipped = crops[:, 0, 0, 0] > crops[:, 0, 0, -1]
+    assert 0.45 < flipped.float().mean().item() < 0.55
+
+
+# --- steps per epoch ------------------------------------------------------------------------------
+
+def test_steps_per_epoch_keeps_the_last_partial_batch_like_fastai():
+    assert data.steps_per_epoch(50_000, 512, drop_last=False) == 98  # fastai 0.7, the post
+    assert data.steps_per_epoch(50_000, 512, drop_last=True) == 97
+    assert data.steps_per_epoch(100, 25, False) == data.steps_per_epoch(100, 25, True) == 4
+    assert data.steps_per_epoch(0, 8, False) == 0 and data.steps_per_epoch(7, 8, True) == 0
+
+
+@pytest.mark.parametrize("args,bad", [((-1, 8, True), "-1"), ((10, 0, True), "0"), ((10, 2.5, True), "2.5"),
+                                      ((10.0, 8, True), "10.0"), ((10, 8, "no"), "'no'"),
+                                      ((10, True, False), "True")])
+def test_steps_per_epoch_bad_arguments(args, bad):
+    with pytest.raises(ValueError) as info:
+        data.steps_per_epoch(*args)
+    assert bad in str(info.value)
+
+
+def test_loader_len_uses_steps_per_epoch(small, monkeypatch):
+    x, y, _, _ = small
+    calls = []
+    monkeypatch.setattr(data, "steps_per_epoch", lambda *a: calls.append(a) or 7)
+    loader = CifarLoader(x, y, batch_size=32, device="cpu", drop_last=False)
+    assert len(loader) == 7 and calls == [(100, 32, False)]
+    assert len(list(loader)) == 7 and loader.drop_last is False
+
+
+# --- checks of loaded data --------------------------------------------------------------------------
+
+def _dump(path, entry, protocol=2):
+    with open(path, "wb") as f:
+        pickle.dump(entry, f, protocol=protocol)
+
+
+def _pixels(n, dtype=np.uint8):
+    return (np.arange(n * 3072).reshape(n, 3072) % 256).astype(dtype)
+
+
+def _with(pixels, value):
+    pixels[1, 7] = value
+    return pixels
+
+
+@pytest.mark.parametrize("entry,bad", [
+    ({"data": _pixels(2).T.copy(), "labels": [0, 1]}, "(3072, 2)"),                 # transposed
+    ({"data": _pixels(2).reshape(2, 32, 32, 3), "labels": [0, 1]}, "(2, 32, 32, 3)"),  # HWC
+    ({"data": _pixels(2, np.float32), "labels": [0, 1]}, "float32"),                # floats
+    ({"data": _pixels(2, np.float64).round(), "labels": [0, 1]}, "float64"),        # whole floats too
+    ({"data": _with(_pixels(2, np.int64), 300), "labels": [0, 1]}, "value 300 (row 1, column 7"),
+    ({"data": _with(_pixels(2, np.int16), -1), "labels": [0, 1]}, "value -1 (row 1, column 7"),
+    ({"data": _pixels(2), "labels": [0, 2.7]}, "got 2.7 (label of image 1)"),      # a float label
+    ({"data": _pixels(2), "labels": [0, 2.0]}, "got 2.0"),                          # not rounded either
+    ({"data": _pixels(2), "labels": np.array([0.0, 2.5])}, "got 2.5"),
+    ({"data": _pixels(2), "labels": [0, True]}, "got True"),
+    ({"data": _pixels(2), "labels": [0, 10]}, "10"),
+    ({"data": _pixels(2), "labels": [-1, 0]}, "-1"),
+    ({"data": _pixels(2), "labels": ["0", "1"]}, "'0'"),
+    ({"data": _pixels(2)}, "labels"),
+    ({"data": _pixels(2).tolist(), "labels": [0, 1]}, "list"),
+    ([_pixels(2), [0, 1]], "list"),                                                 # not a dict
+])
+def test_malformed_data_is_refused_naming_file_and_value(cifar_folder, entry, bad):
+    root, folder = cifar_folder
+    path = folder / "test_batch"
+    _dump(path, entry)
+    with pytest.raises(data.CifarFormatError) as info:
+        load_cifar10(root)
+    assert isinstance(info.value, ValueError)
+    assert str(path) in str(info.value) and bad in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint16])
+def test_integer_pixels_in_range_load_losslessly(cifar_folder, dtype):
+    root, folder = cifar_folder
+    pixels = _pixels(3, dtype)
+    _dump(folder / "test_batch", {"data": pixels, "labels": np.array([0, 9, 4], dtype=np.int32)}, protocol=4)
+    _, _, x_test, y_test = load_cifar10(root)
+    assert x_test.dtype == torch.uint8 and torch.equal(x_test.reshape(3, -1), torch.from_numpy(pixels).to(torch.uint8))
+    assert y_test.dtype == torch.int64 and y_test.tolist() == [0, 9, 4]
+
+
+def test_a_file_copied_over_another_is_refused(cifar_folder):
+    root, folder = cifar_folder
+    (folder / "data_batch_4").write_bytes((folder / "data_batch_2").read_bytes())
+    with pytest.raises(ValueError, match="byte-identical") as info:
+        load_cifar10(root)
+    assert str(folder / "data_batch_4") in str(info.value) and str(folder / "data_batch_2") in str(info.value)
+
+
+def test_small_folders_carry_a_marker_and_load_only_when_not_strict(cifar_folder, small):
+    root, folder = cifar_folder
+    with open(folder / "batches.meta", "rb") as f:
+        assert pickle.load(f)[data.SMALL_MARKER]  # written by write_cifar10_folder: 100 images
+    assert_same_arrays(load_cifar10(root), small)  # strict=None: the marker turns count checks off
+    with pytest.raises(ValueError, match="10,000") as info:
+        load_cifar10(root, strict=True)
+    assert str(folder / "data_batch_1") in str(info.value) and "holds 20 images" in str(info.value)
+    _dump(folder / "batches.meta", {"label_names": list(CIFAR10_CLASSES)})  # marker gone: strict
+    with pytest.raises(ValueError, match="data_batch_1"):
+        load_cifar10(root)
+    (folder / "batches.meta").unlink()  # no meta file at all: strict as well
+    with pytest.raises(ValueError, match="strict=False"):
+        load_cifar10(root)
+    assert_same_arrays(load_cifar10(root, strict=False), small)
+    with pytest.raises(ValueError, match="'yes'"):
+        load_cifar10(root, strict="yes")
+
+
+@pytest.fixture
+def official_counts(monkeypatch):
+    """Shrink the official counts to 20 images per file, 10 (train) / 2 (test) per class."""
+    monkeypatch.setattr(data, "IMAGES_PER_FILE", 20)
+    monkeypatch.setattr(data, "PER_CLASS", {"train": 10, "test": 2})
+    x, _, xt, _ = synthetic_cifar10(100, 20, seed=5)
+    return CifarArrays((x, torch.arange(100) % 10, xt, torch.arange(20) % 10), source="balanced")
+
+
+def test_strict_checks_pass_on_official_counts(tmp_path, official_counts):
+    folder = write_cifar10_folder(tmp_path, official_counts)
+    with open(folder / "batches.meta", "rb") as f:
+        assert data.SMALL_MARKER not in pickle.load(f)  # official counts: no marker
+    assert_same_arrays(load_cifar10(tmp_path), official_counts)
+    assert_same_arrays(load_cifar10(tmp_path, strict=True), official_counts)
+
+
+def test_strict_checks_refuse_wrong_class_counts(tmp_path, official_counts):
+    x, y, xt, yt = official_counts
+    folder = write_cifar10_folder(tmp_path, (x, y, xt, torch.zeros(20, dtype=torch.int64)))
+    _dump(folder / "batches.meta", {"label_names": list(CIFAR10_CLASSES)})  # as the official folder
+    with pytest.raises(ValueError, match=r"\[20, 0, 0, 0, 0, 0, 0, 0, 0, 0\] images per class") as info:
+        load_cifar10(tmp_path)
+    assert "test_batch" in str(info.value) and str(folder) in str(info.value)
+    assert load_cifar10(tmp_path, strict=False)[3].tolist() == [0] * 20
+
+
+# --- safe unpickling ----------------------------------------------------------------------------
+
+class _RunsACommand:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+        return (os.system, (self.command,))
+
+
+def test_a_pickle_that_would_run_code_is_refused_unrun(cifar_folder, tmp_path):
+    root, folder = cifar_folder
+    control, pwned = tmp_path / "control", tmp_path / "pwned"
+    pickle.loads(pickle.dumps(_RunsACommand(f"touch {control}"), protocol=2))  # plain pickle runs it
+    assert control.exists()
+    path = folder / "data_batch_1"
+    _dump(path, {"data": _RunsACommand(f"touch {pwned}"), "labels": [0]})
+    with pytest.raises(data.CifarFormatError, match="unsafe") as info:
+        load_cifar10(root)
+    assert str(path) in str(info.value) and "system" in str(info.value)
+    assert not pwned.exists()
+    path.write_bytes(pickle.dumps(_RunsACommand(f"touch {pwned}"), protocol=0))  # a bare payload, old protocol
+    with pytest.raises(ValueError, match="unsafe"):
+        load_cifar10(root)
+    assert not pwned.exists()
+
+
+def test_safe_unpickler_reads_every_protocol_and_python2_files(cifar_folder, tmp_path, small):
+    root, folder = cifar_folder
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        _dump(folder / "test_batch", {"data": small[2].reshape(20, -1).numpy(), "labels": small[3].tolist()},
+              protocol=protocol)
+        assert_same_arrays(load_cifar10(root), small)
+    assert_same_arrays(load_cifar10(_write_py2_folder(tmp_path / "py2", small), strict=False), small)
+
+
+# --- fingerprint --------------------------------------------------------------------------------
+
+def test_fingerprint_identifies_the_content(cifar_folder, small):
+    root, _ = cifar_folder
+    fp = small.fingerprint
+    assert isinstance(fp, str) and len(fp) == 16 and int(fp, 16) >= 0
+    assert synthetic_cifar10(100, 20, seed=3).fingerprint == fp
+    loaded = load_cifar10(root)
+    assert loaded.fingerprint == fp  # the content, not where it came from
+    assert "fingerprint" in loaded.__dict__  # computed once, then cached
+    x, y, xt, yt = small
+    x2 = x.clone()
+    x2[5, 1, 2, 3] ^= 1
+    y2 = y.clone()
+    y2[0] = (y2[0] + 1) % 10
+    others = {CifarArrays((x2, y, xt, yt), "s").fingerprint, CifarArrays((x, y2, xt, yt), "s").fingerprint,
+              CifarArrays((xt, yt, x, y), "s").fingerprint, synthetic_cifar10(100, 20, seed=4).fingerprint}
+    assert len(others) == 4 and fp not in others
+
+
+# --- errors on finding and downloading ------------------------------------------------------------
+
+def test_a_root_that_is_a_file_is_named_as_such(tmp_path, monkeypatch):
+    path = tmp_path / "cifar.tar.gz"
+    path.write_bytes(b"x")
+    monkeypatch.setenv("CLRLIB_DATA", str(path))
+    for call in (lambda: load_cifar10(), lambda: load_cifar10(path, download=True)):
+        with pytest.raises(DatasetNotFoundError, match="is a file, not a folder") as info:
+            call()
+        assert str(path) in str(info.value)
+    assert "CLRLIB_DATA" in str(pytest.raises(DatasetNotFoundError, load_cifar10).value)
+
+
+def test_loading_without_download_creates_no_folder(tmp_path):
+    with pytest.raises(DatasetNotFoundError):
+        load_cifar10(tmp_path / "a" / "b")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _fake_download(monkeypatch, error):
+    import torchvision.datasets.utils as tv_utils
+
+    def fake(url, download_root, md5=None, **kwargs):
+        import os
+        os.makedirs(download_root, exist_ok=True)  # as torchvision does before downloading
+        raise error
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake)
+
+
+def test_download_without_network_raises_one_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+    _fake_download(monkeypatch, urllib.error.URLError("[Errno -3] Temporary failure in name resolution"))
+    with pytest.raises(data.DatasetDownloadError) as info:
+        load_cifar10(tmp_path / "new" / "data", download=True)
+    message = str(info.value)
+    assert data.URL in message and str(tmp_path / "new" / "data") in message
+    assert "name resolution" in message and "by hand" in message and "CLRLIB_DATA" in message
+    assert isinstance(info.value.__cause__, urllib.error.URLError)
+    assert list(tmp_path.iterdir()) == []  # the folders it made are gone again
+
+
+def test_download_into_a_read_only_folder_raises_one_clear_error(tmp_path, monkeypatch):
+    into = tmp_path / "ro"
+    into.mkdir()
+    into.chmod(0o555)  # root ignores this, hence the simulated PermissionError
+    _fake_download(monkeypatch, PermissionError(13, "Permission denied", str(into / data.ARCHIVE)))
+    with pytest.raises(data.DatasetDownloadError, match="permission") as info:
+        load_cifar10(into, download=True)
+    assert str(into) in str(info.value) and not isinstance(info.value, PermissionError)
+    assert into.is_dir()  # it was there before: kept
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_download_with_a_bad_checksum_names_and_removes_the_archive(tmp_path, monkeypatch, raises):
+    import torchvision.datasets.utils as tv_utils
+    written = []
+
+    def junk_download(url, root, filename=None, md5=None, **kwargs):
+        archive = tmp_path / root / (filename or data.ARCHIVE)
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        archive.write_bytes(b"not the CIFAR-10 archive")
+        written.append(archive)
+        if raises:  # what torchvision's own MD5 check does after the download
+            raise RuntimeError("File not found or corrupted.")
+
+    monkeypatch.setattr(tv_utils, "download_url", junk_download)
+    with pytest.raises(data.DatasetDownloadError, match="MD5") as info:
+        load_cifar10(tmp_path / "fresh", download=True)
+    assert written == [tmp_path / "fresh" / data.ARCHIVE]
+    assert str(written[0]) in str(info.value) and "removed" in str(info.value)
+    assert not written[0].exists()
+
+
+# --- labels checked by the loader -------------------------------------------------------------------
+
+@pytest.mark.parametrize("labels,kwargs,bad", [
+    ("ten", {}, "got 10"), ("float", {}, "torch.float32"), ("nine", dict(num_classes=5), "got 9"),
+    ("negative", {}, "got -1"), ("ok", dict(num_classes=0), "0"), ("ok", dict(num_classes=True), "True"),
+    ("2d", {}, "(100, 1)"),
+])
+def test_loader_checks_labels(small, labels, kwargs, bad):
+    x, y, _, _ = small
+    y = {"ten": torch.where(torch.arange(100) == 17, 10, y), "float": y.float(),
+         "nine": torch.where(torch.arange(100) == 3, 9, y % 5), "negative": torch.where(torch.arange(100) == 0, -1, y),
+         "ok": y, "2d": y[:, None]}[labels]
+    with pytest.raises(ValueError) as info:
+        CifarLoader(x, y, batch_size=10, device="cpu", **kwargs)
+    assert bad in str(info.value)
+
+
+def test_loader_accepts_other_integer_labels_and_num_classes(small):
+    x, y, _, _ = small
+    loader = CifarLoader(x, (y % 3).to(torch.int32), batch_size=50, device="cpu", num_classes=3)
+    assert loader.labels.dtype == torch.int64 and loader.num_classes == 3
+    assert all(yb.dtype == torch.int64 for _, yb in loader)

@@ -16,10 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from clrlib import data
 from clrlib.data import CIFAR10_MEAN, CIFAR10_STD, find_cifar10, load_cifar10
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 TEST_MEAN = (0.4942, 0.4851, 0.4504)
+# The fingerprint of the shared copy (its image order differs from the official download's).
+SHARED_FINGERPRINT = "0b173dcb886e2ee0"
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +96,25 @@ def test_files_are_python2_pickles(cifar):
         entry = pickle.load(f, encoding="latin1")
     assert entry["data"].shape == (10_000, 3072)
     assert torch.equal(torch.as_tensor(entry["labels"]), cifar[3])
+
+
+def test_strict_checks_and_safe_unpickling_accept_the_real_files(cifar):
+    # the fixture loaded with strict=None: no clrlib marker here, so the official counts were checked
+    folder = Path(cifar.source)
+    meta, _ = data._unpickle(folder / "batches.meta")  # the restricted unpickler reads every file
+    assert data.SMALL_MARKER not in meta and len(meta["label_names"]) == 10
+    for name in data.TRAIN_FILES + data.TEST_FILES:
+        entry, _ = data._unpickle(folder / name)
+        assert entry["data"].shape == (10_000, 3072)
+
+
+def test_fingerprint_is_cheap_and_stable(cifar):
+    import time
+    again = data.CifarArrays(tuple(cifar), cifar.source)
+    start = time.perf_counter()
+    fp = again.fingerprint
+    seconds = time.perf_counter() - start
+    assert len(fp) == 16 and fp == cifar.fingerprint
+    assert seconds < 3, f"fingerprint of 60,000 images took {seconds:.2f} s"
+    if not os.environ.get("CLRLIB_CIFAR_DIR"):
+        assert fp == SHARED_FINGERPRINT
