@@ -6,24 +6,46 @@ bias-corrected exponential moving average, and stop once the smoothed loss excee
 ``stop_factor`` times the best seen (or is not finite). The model's weights,
 buffers and the optimizer's state are then restored, in memory, to what they were.
 
+The exponential schedule is ``lr_i = start_lr * (end_lr / start_lr) ** (i / (num_it - 1))``
+for ``i = 0 .. num_it - 1``, so the last iteration runs at ``end_lr`` exactly. fastai (and
+the post) use ``i / num_it`` and never quite reach ``end_lr``: the steps are a hair smaller
+and the LR of a given iteration a little lower. With the post's settings (1e-5 to 100 over 98
+iterations) iteration 93 is at LR 44 under fastai's schedule and at LR 51 under this one.
+
+Reading the curve (:class:`FinderResult`): :attr:`~FinderResult.blowup_lr` is where the test
+stopped (the smoothed loss passed 4x its best), :attr:`~FinderResult.min_loss_lr` where the
+smoothed loss was lowest; the post's advice is then :meth:`~FinderResult.one_cycle_max_lr`
+("a bit before the minimum, where the loss still improves") for the peak of 1cycle and
+:meth:`~FinderResult.cyclic_max_lr` (about a tenth of the blow-up) for the top of a CLR cycle.
+The older rules ``"steepest"``, ``"valley"`` and ``"minimum/10"`` of
+:meth:`~FinderResult.suggest` give learning rates for fixed-LR training, not a 1cycle maximum
+(see :data:`SUGGESTION_USES`): on the saved quick curve (1e-5 to 100) they are 3x, 260x and
+1100x below :meth:`~FinderResult.one_cycle_max_lr` ("minimum/10", "valley", "steepest"; how
+far "valley" falls depends on ``start_lr``, where its descent begins).
+
 L. N. Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017
 (section 3.3, accuracy against LR); S. Gugger, "How do you find a good learning rate"
 (2017) and "The 1cycle policy" (2018) (smoothed loss against LR, stop at 4x the best).
 
 Example:
     >>> import torch
+    >>> _ = torch.manual_seed(0)
     >>> model = torch.nn.Linear(4, 1)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    >>> batches = [(torch.randn(32, 4), torch.randn(32, 1)) for _ in range(10)]
+    >>> w = torch.randn(4, 1)  # a learnable target
+    >>> batches = [(x, x @ w) for x in torch.randn(10, 32, 4)]
     >>> result = lr_find(model, torch.nn.functional.mse_loss, batches, opt,
     ...                  start_lr=1e-4, end_lr=10, num_it=50)
     >>> 1e-4 <= result.suggest("valley") <= 10
+    True
+    >>> result.one_cycle_max_lr() < result.min_loss_lr <= result.blowup_lr
     True
 """
 from __future__ import annotations
 
 import copy
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -34,10 +56,19 @@ import torch.nn as nn
 
 from .train import autocast, evaluate, model_device, restore_training_modes, train_step, training_modes
 
-__all__ = ["lr_find", "FinderResult", "SUGGESTIONS", "snapshot", "restore"]
+__all__ = ["lr_find", "FinderResult", "SUGGESTIONS", "SUGGESTION_USES", "snapshot", "restore"]
 
 MODES = ("exp", "linear")
-SUGGESTIONS = ("steepest", "minimum/10", "valley")
+PRECISIONS = ("bf16", "fp32")
+SUGGESTIONS = ("steepest", "minimum/10", "valley", "one_cycle", "cyclic")
+#: What each rule of :meth:`FinderResult.suggest` is for (also the plot's legend).
+SUGGESTION_USES = {
+    "steepest": "fixed LR, conservative",
+    "minimum/10": "fixed LR",
+    "valley": "fixed LR",
+    "one_cycle": "1cycle max LR",
+    "cyclic": "CLR max LR",
+}
 
 
 @dataclass
@@ -49,7 +80,9 @@ class FinderResult:
         losses: the smoothed (bias-corrected EMA) loss.
         raw_losses: the loss as measured (training batch, or held-out batches).
         accuracies: accuracy per iteration, if asked for (Smith's original plot).
-        stop_lr: the learning rate at which the smoothed loss blew up (test stopped), or None.
+        stop_lr: the learning rate of the iteration at which the test stopped (the smoothed loss
+            passed ``stop_factor`` times its best, or was not finite; that iteration is not
+            kept), or None if the test ran all ``num_it`` iterations.
         settings: the arguments of the test, for the record.
     """
 
@@ -63,38 +96,130 @@ class FinderResult:
     def __len__(self) -> int:
         return len(self.lrs)
 
-    def suggest(self, method: str = "valley", skip_start: int | None = None,
+    @property
+    def stopped(self) -> bool:
+        """Whether the test stopped on a blow-up (else it ran all its iterations)."""
+        return self.stop_lr is not None
+
+    @property
+    def blowup_lr(self) -> float:
+        """The LR at which the loss blew up: :attr:`stop_lr` if the test stopped, else the last
+        LR reached (then only a lower bound on the blow-up; see :attr:`stopped`).
+
+        Raises:
+            ValueError: if the test neither stopped nor kept a point.
+        """
+        if self.stopped:
+            return self.stop_lr
+        self._require(1)
+        return self.lrs[-1]
+
+    @property
+    def min_loss_lr(self) -> float:
+        """The LR at which the smoothed loss was lowest (the first such, on a tie)."""
+        self._require(1)
+        return self.lrs[min(range(len(self.losses)), key=self.losses.__getitem__)]
+
+    def loss_at(self, lr: float) -> float:
+        """The smoothed loss at the kept point whose LR is nearest ``lr`` on the log axis.
+
+        Args:
+            lr: a positive learning rate.
+        """
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        self._require(1)
+        i = min(range(len(self.lrs)), key=lambda k: abs(math.log(self.lrs[k] / lr)))
+        return self.losses[i]
+
+    def one_cycle_max_lr(self, divisor: float = 3.0) -> float:
+        """The peak LR of a 1cycle schedule, by the post's advice: "a bit before the minimum,
+        where the loss still improves".
+
+        Rule: ``min_loss_lr / divisor``, by default a third of the LR at the lowest smoothed
+        loss, about half a decade to its left on the log axis: still on the descent, clear of
+        the flat bottom and of the blow-up. On the saved quick curve (ResNet-20, real CIFAR-10,
+        batch 256, wd 1e-4, 1e-5 to 100: minimum at 5.3, blow-up at 38) it gives 1.8, where
+        the post would use 0.8 to 3; on the weight-decay sweep's curves (wd 1e-5 to 1e-2) 1.0,
+        1.2, 1.2 and 0.24. (A rule on the slope instead, the largest LR before the minimum
+        where the loss still falls at a given fraction of its steepest rate, proved fragile:
+        on the quick curve it moved from 0.55 to 2.4 as the fraction went from 1/3 to 1/4.)
+
+        The smoothed loss lags the raw one, so its minimum can lie past the LR at which a
+        fixed-LR run would diverge; this is a peak for a cycle that visits it briefly, not a
+        fixed LR (for that, see ``suggest("minimum/10")``).
+
+        Args:
+            divisor: how far below the minimum to go (> 1).
+
+        Raises:
+            ValueError: for ``divisor <= 1``, or an empty curve.
+        """
+        if not (isinstance(divisor, (int, float)) and divisor > 1):
+            raise ValueError(f"divisor must be a number > 1, got {divisor!r}")
+        lr = self.min_loss_lr
+        if lr == self.lrs[0] and len(self) > 1:
+            warnings.warn(f"the smoothed loss was lowest at the first LR ({lr:.3g}): the test started "
+                          "too high to read a 1cycle max LR off it; rerun with a smaller start_lr",
+                          RuntimeWarning, stacklevel=2)
+        return lr / divisor
+
+    def cyclic_max_lr(self, divisor: float = 10.0) -> float:
+        """The top of a CLR cycle by the post's advice: ``blowup_lr / divisor`` (about a tenth of
+        the blow-up; 3.8 on the saved quick curve). If the test never stopped, the blow-up is
+        only known to lie above the last LR, and this is conservative.
+
+        Args:
+            divisor: how far below the blow-up to go (> 1).
+        """
+        if not (isinstance(divisor, (int, float)) and divisor > 1):
+            raise ValueError(f"divisor must be a number > 1, got {divisor!r}")
+        return self.blowup_lr / divisor
+
+    def suggest(self, method: str = "one_cycle", skip_start: int | None = None,
                 skip_end: int | None = None) -> float:
-        """A learning rate read off the curve.
+        """A learning rate read off the curve; mind what each is for (:data:`SUGGESTION_USES`).
 
         Methods:
-            ``"steepest"``: where the smoothed loss falls fastest against log(LR).
-            ``"minimum/10"``: a tenth of the LR at the lowest smoothed loss (fastai's rule).
-            ``"valley"``: the middle of the longest stretch over which the loss keeps falling
-            (a robust variant of the steepest point, as in fastai 2's ``valley``).
+            ``"one_cycle"``: :meth:`one_cycle_max_lr`, the peak LR of a 1cycle schedule.
+            ``"cyclic"``: :meth:`cyclic_max_lr`, the top LR of a CLR cycle.
+            ``"minimum/10"``: a tenth of the LR at the lowest smoothed loss (fastai 1's rule), a
+            fixed LR.
+            ``"valley"``: the middle (on the log axis) of the longest stretch over which the loss
+            keeps falling, a fixed LR. Like fastai 2's ``valley`` (which takes a point about
+            halfway along), it depends on ``start_lr``: the stretch starts where the test did.
+            ``"steepest"``: where the smoothed loss falls fastest against log(LR): a
+            conservative fixed LR, far below a 1cycle maximum.
 
-        ``skip_start`` / ``skip_end`` points are ignored by ``"steepest"`` (defaults: a
-        tenth and a twentieth of the curve, at most 10 and 5), where the curve is noisy.
+        On the saved quick curve (1e-5 to 100, blow-up at 38) these give 1.8, 3.8, 0.53, 0.0067
+        and 0.0016; the post would take 0.8 to 3 as the 1cycle maximum.
+
+        Args:
+            method: one of :data:`SUGGESTIONS`.
+            skip_start, skip_end: points ignored by ``"steepest"`` at each end, where the curve
+                is noisy (defaults: a tenth and a twentieth of the curve, at most 10 and 5).
+
+        Raises:
+            ValueError: for an unknown method, or a curve of fewer than 3 points.
         """
         if method not in SUGGESTIONS:
             raise ValueError(f"method must be one of {SUGGESTIONS}, got {method!r}")
-        n = len(self.lrs)
-        if n < 3:
-            raise ValueError(f"the range test kept only {n} points; need at least 3 to suggest an LR")
+        self._require(3, "to suggest an LR")
+        if method == "one_cycle":
+            return self.one_cycle_max_lr()
+        if method == "cyclic":
+            return self.cyclic_max_lr()
         if method == "minimum/10":
-            best = min(range(n), key=lambda i: self.losses[i])
-            return self.lrs[best] / 10
+            return self.min_loss_lr / 10
         if method == "valley":
             lo, hi = longest_descent(self.losses)
             return self.lrs[(lo + hi) // 2]
-        start = min(10, n // 10) if skip_start is None else skip_start
-        end = min(5, n // 20) if skip_end is None else skip_end
-        idx = list(range(max(start, 1), n - max(end, 1)))
-        if not idx:
-            raise ValueError(f"skip_start={start} and skip_end={end} leave no points of {n}")
-        x = [math.log(lr) for lr in self.lrs]
-        slope = {i: (self.losses[i + 1] - self.losses[i - 1]) / (x[i + 1] - x[i - 1]) for i in idx}
-        return self.lrs[min(idx, key=slope.get)]
+        return self.lrs[steepest_index(self.lrs, self.losses, skip_start, skip_end)]
+
+    def _require(self, count: int, why: str = "") -> None:
+        if len(self.lrs) < count:
+            raise ValueError(f"the range test kept only {len(self.lrs)} points; need at least {count}"
+                             + (f" {why}" if why else ""))
 
     def plot(self, ax=None, **kwargs):
         """Smoothed loss against LR on a log axis, with suggestions marked; returns the axes.
@@ -110,6 +235,51 @@ class FinderResult:
         if self.accuracies:
             frame["accuracy"] = self.accuracies
         return frame
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, stop_lr: float | None = None,
+                   settings: dict | None = None) -> "FinderResult":
+        """Rebuild a result from :meth:`to_frame`'s output (e.g. read back from a CSV).
+
+        Args:
+            frame: columns ``lr`` and ``loss``; ``raw_loss`` and ``accuracy`` if recorded.
+            stop_lr: the result's :attr:`stop_lr` (not in the frame): None if it never stopped.
+            settings: the result's :attr:`settings`.
+
+        Raises:
+            ValueError: if ``lr`` or ``loss`` is missing, or ``stop_lr`` is not a positive number.
+        """
+        missing = [c for c in ("lr", "loss") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"frame needs columns 'lr' and 'loss', missing {missing}; "
+                             f"it has {list(frame.columns)}")
+        if stop_lr is not None and (isinstance(stop_lr, bool) or not isinstance(stop_lr, numbers.Real)
+                                    or not stop_lr > 0):
+            raise ValueError(f"stop_lr must be a positive number or None, got {stop_lr!r}")
+        column = lambda name: frame[name].tolist() if name in frame.columns else []  # noqa: E731
+        return cls(lrs=column("lr"), losses=column("loss"), raw_losses=column("raw_loss"),
+                   accuracies=column("accuracy"), stop_lr=None if stop_lr is None else float(stop_lr),
+                   settings=dict(settings or {}))
+
+
+def steepest_index(lrs: list, losses: list, skip_start: int | None = None,
+                   skip_end: int | None = None) -> int:
+    """Index where ``losses`` falls fastest against log(LR) (central differences).
+
+    Args:
+        lrs, losses: the curve.
+        skip_start, skip_end: points left out at each end (defaults: a tenth and a twentieth
+            of the curve, at most 10 and 5; at least one, for the central difference).
+    """
+    n = len(lrs)
+    start = min(10, n // 10) if skip_start is None else skip_start
+    end = min(5, n // 20) if skip_end is None else skip_end
+    idx = list(range(max(start, 1), n - max(end, 1)))
+    if not idx:
+        raise ValueError(f"skip_start={start} and skip_end={end} leave no points of {n}")
+    x = [math.log(lr) for lr in lrs]
+    slope = {i: (losses[i + 1] - losses[i - 1]) / (x[i + 1] - x[i - 1]) for i in idx}
+    return min(idx, key=slope.get)
 
 
 def longest_descent(values: list) -> tuple[int, int]:
@@ -142,6 +312,7 @@ def restore(model: nn.Module, optimizer: torch.optim.Optimizer, saved: tuple[dic
 
 
 def _schedule(start_lr: float, end_lr: float, num_it: int, mode: str) -> list[float]:
+    """The test's LRs; ``i / (num_it - 1)``, so the last is ``end_lr`` (fastai: ``i / num_it``)."""
     if mode == "exp":
         return [start_lr * (end_lr / start_lr) ** (i / (num_it - 1)) for i in range(num_it)]
     return [start_lr + (end_lr - start_lr) * i / (num_it - 1) for i in range(num_it)]
@@ -180,10 +351,32 @@ def _check_args(start_lr, end_lr, num_it, mode, beta, stop_factor) -> None:
         raise ValueError(f"stop_factor must be > 1 (or None to never stop), got {stop_factor!r}")
 
 
+def _resolve_amp(precision: str | None, amp: bool | None) -> bool | None:
+    """Map ``precision`` onto the ``amp`` flag: ``"bf16"`` -> True, ``"fp32"`` -> False, None
+    (or ``"auto"``) -> ``amp``.
+
+    Args:
+        precision: ``"bf16"`` (bf16 autocast), ``"fp32"`` (none), or None / ``"auto"`` (leave
+            it to ``amp``).
+        amp: the older flag; None means bf16 autocast on CUDA only.
+
+    Raises:
+        ValueError: for an unknown precision, or one that contradicts ``amp``.
+    """
+    if precision is None or precision == "auto":
+        return amp
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, 'auto' or None, got {precision!r}")
+    wanted = precision == "bf16"
+    if amp is not None and bool(amp) != wanted:
+        raise ValueError(f"precision={precision!r} contradicts amp={amp!r}; pass only one of them")
+    return wanted
+
+
 def lr_find(model: nn.Module, loss_fn: Callable, batches: Iterable, optimizer: torch.optim.Optimizer,
             start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, mode: str = "exp",
             beta: float = 0.98, stop_factor: float | None = 4.0, val_batches: Iterable | None = None,
-            accuracy: bool = False, amp: bool | None = None) -> FinderResult:
+            accuracy: bool = False, amp: bool | None = None, precision: str | None = None) -> FinderResult:
     """Run the LR range test and restore the model and optimizer afterwards.
 
     Args:
@@ -193,7 +386,9 @@ def lr_find(model: nn.Module, loss_fn: Callable, batches: Iterable, optimizer: t
         optimizer: the optimizer to test, with the momentum and weight decay of the real run;
             its learning rate is overwritten each batch (all param groups alike).
         start_lr, end_lr: the range of learning rates (``start_lr < end_lr``).
-        num_it: number of batches (the LR reaches ``end_lr`` at the last one).
+        num_it: number of batches; iteration ``i`` runs at
+            ``start_lr * (end_lr/start_lr) ** (i / (num_it - 1))``, so the last at ``end_lr``
+            (fastai divides by ``num_it`` instead; see the module's docstring).
         mode: ``"exp"`` (geometric steps, the post) or ``"linear"`` (Smith's CLR paper).
         beta: smoothing of the loss, ``avg = beta*avg + (1-beta)*loss``, divided by ``1 - beta**k``.
         stop_factor: stop when the smoothed loss exceeds this times the best, or is not finite;
@@ -202,46 +397,64 @@ def lr_find(model: nn.Module, loss_fn: Callable, batches: Iterable, optimizer: t
             after each step, in eval mode, instead of on the training batch.
         accuracy: also record the accuracy (argmax of the output) at each iteration.
         amp: bf16 autocast; default on for CUDA only.
+        precision: ``"bf16"`` (same as ``amp=True``), ``"fp32"`` (``amp=False``) or None (use
+            ``amp``). The one in effect is recorded as ``settings["precision"]``.
 
     Returns:
         A :class:`FinderResult`.
 
     Raises:
-        ValueError: for a bad argument (naming it and its value).
+        ValueError: for a bad argument (naming it and its value), or a loss that is not finite
+            at the very first iteration (nothing to read off; the model is restored).
     """
     _check_args(start_lr, end_lr, num_it, mode, beta, stop_factor)
+    amp = _resolve_amp(precision, amp)
     device = model_device(model)
-    amp_ctx = autocast(device, amp)
+    in_effect = amp if amp is not None else device.type == "cuda"
     result = FinderResult(settings=dict(start_lr=start_lr, end_lr=end_lr, num_it=num_it, mode=mode,
                                         beta=beta, stop_factor=stop_factor,
-                                        held_out=val_batches is not None, accuracy=accuracy))
+                                        held_out=val_batches is not None, accuracy=accuracy,
+                                        precision="bf16" if in_effect else "fp32"))
     saved = snapshot(model, optimizer)
-    avg, best = 0.0, math.inf
     try:
         if not model.training:  # a model already training keeps its own per-layer settings
             model.train()
-        for i, (lr, (x, y)) in enumerate(zip(_schedule(start_lr, end_lr, num_it, mode), _repeat(batches))):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, out = train_step(model, loss_fn, optimizer, x, y, amp_ctx)
-            loss = loss.item()
-            acc = (out.argmax(1) == y).float().mean().item() if accuracy else None
-            if val_batches is not None:
-                loss, acc = evaluate(model, val_batches, loss_fn, amp)
-            avg = beta * avg + (1 - beta) * loss
-            smoothed = avg / (1 - beta ** (i + 1))
-            if not math.isfinite(smoothed) or (stop_factor is not None and i > 0
-                                               and smoothed > stop_factor * best):
-                result.stop_lr = lr
-                break
-            best = min(best, smoothed)
-            result.lrs.append(lr)
-            result.losses.append(smoothed)
-            result.raw_losses.append(loss)
-            if accuracy:
-                result.accuracies.append(acc)
+        _run(result, model, loss_fn, _repeat(batches), optimizer, val_batches, amp)
     finally:
         restore(model, optimizer, saved)
     return result
 
+
+def _run(result: FinderResult, model: nn.Module, loss_fn: Callable, batches: Iterator,
+         optimizer: torch.optim.Optimizer, val_batches: Iterable | None, amp: bool | None) -> None:
+    """The range test's loop, filling ``result`` (whose settings hold the other arguments)."""
+    s = result.settings
+    device = model_device(model)
+    amp_ctx = autocast(device, amp)
+    avg, best = 0.0, math.inf
+    for i, (lr, (x, y)) in enumerate(zip(_schedule(s["start_lr"], s["end_lr"], s["num_it"], s["mode"]),
+                                         batches)):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss, out = train_step(model, loss_fn, optimizer, x, y, amp_ctx)
+        loss = loss.item()
+        acc = (out.argmax(1) == y).float().mean().item() if s["accuracy"] else None
+        if val_batches is not None:
+            loss, acc = evaluate(model, val_batches, loss_fn, amp)
+        avg = s["beta"] * avg + (1 - s["beta"]) * loss
+        smoothed = avg / (1 - s["beta"] ** (i + 1))
+        if i == 0 and not math.isfinite(smoothed):
+            raise ValueError(f"the loss was not finite ({loss!r}) at the first iteration of the range "
+                             f"test, at LR {lr!r}: try a smaller start_lr, or check the data, the "
+                             "labels and the loss function")
+        if not math.isfinite(smoothed) or (s["stop_factor"] is not None and i > 0
+                                           and smoothed > s["stop_factor"] * best):
+            result.stop_lr = lr
+            return
+        best = min(best, smoothed)
+        result.lrs.append(lr)
+        result.losses.append(smoothed)
+        result.raw_losses.append(loss)
+        if s["accuracy"]:
+            result.accuracies.append(acc)

@@ -3,17 +3,21 @@ is known in closed form, the bit-exact restore of model and optimizer, and the b
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
+from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from clrlib.data import CifarLoader
-from clrlib.finder import SUGGESTIONS, FinderResult, longest_descent, lr_find
+from clrlib.finder import (SUGGESTION_USES, SUGGESTIONS, FinderResult, _schedule, longest_descent,
+                           lr_find)
 from clrlib.models import resnet_cifar
 
 
@@ -82,10 +86,18 @@ def test_exp_range_test_stops_just_above_the_divergence_threshold(seed):
     bound = crit * ratio ** (steps_to_blow_up(ratio, 1e50) + 1)
     assert bound < 10 * crit  # the reasoning above gives a bound within a modest factor of 2/L
     assert res.stop_lr <= bound
-    # every suggestion is a learning rate at which gradient descent still converges
-    for method in SUGGESTIONS:
+    # every fixed-LR suggestion is a learning rate at which gradient descent still converges
+    fixed = [m for m in SUGGESTIONS if SUGGESTION_USES[m].startswith("fixed LR")]
+    assert fixed == ["steepest", "minimum/10", "valley"]
+    for method in fixed:
         lr = res.suggest(method)
         assert start_lr <= lr < crit, (method, lr / crit)
+    # The peak LRs of a cycle are visited briefly and may pass 2/L: here the smoothed loss keeps
+    # falling past 2/L (the top-eigenvector error was crushed to rounding before it), so its
+    # minimum, and a third of it, lie near or above 2/L. They stay below the blow-up.
+    assert crit < res.min_loss_lr < res.stop_lr
+    for method in ("one_cycle", "cyclic"):
+        assert start_lr <= res.suggest(method) < min(res.min_loss_lr, 2 * crit), method
 
 
 def test_stop_factor_none_runs_all_iterations():
@@ -410,3 +422,199 @@ def test_to_frame_and_plot(no_show):
     fig, given = plt.subplots()
     assert res.plot(ax=given, suggestions=SUGGESTIONS) is given
     assert given.get_xscale() == "log"
+
+
+# --- read-outs on saved real curves (copies of results/quick/runs, ResNet-20 on real CIFAR-10) ---
+
+DATA = Path(__file__).parent / "data"
+WD_CURVES = ("finder_wd1e-05_seed0", "finder_wd0.0001_seed0", "finder_wd0.001_seed0",
+             "finder_wd0.01_seed0")
+
+
+def saved_curve(name: str) -> FinderResult:
+    """A saved range test, rebuilt from its CSV and the stop LR and settings of its JSON."""
+    meta = json.loads((DATA / f"{name}.json").read_text())
+    return FinderResult.from_frame(pd.read_csv(DATA / f"{name}.csv"), stop_lr=meta["stop_lr"],
+                                   settings=meta["finder_settings"])
+
+
+def test_saved_quick_curve_read_outs():
+    """wd 1e-4, batch 256, 1e-5 to 100 over 100 iterations: it stopped at LR 38 after 93."""
+    res = saved_curve("finder_seed0")
+    assert len(res) == 93 and res.stopped
+    assert res.blowup_lr == res.stop_lr == pytest.approx(37.65, rel=1e-3)
+    assert res.min_loss_lr == pytest.approx(5.337, rel=1e-3)
+    # the post's advice: 1cycle peak a bit before the minimum, CLR top about a tenth of the blow-up
+    assert 0.5 <= res.one_cycle_max_lr() <= 5
+    assert res.one_cycle_max_lr() == pytest.approx(res.min_loss_lr / 3) == res.suggest("one_cycle")
+    assert res.suggest() == res.one_cycle_max_lr()  # the default suggestion is the 1cycle peak
+    assert res.cyclic_max_lr() == pytest.approx(3.765, rel=1e-3) == res.suggest("cyclic")
+    assert res.one_cycle_max_lr(divisor=10) == res.suggest("minimum/10") == pytest.approx(0.5337, rel=1e-3)
+    # the fixed-LR rules sit two to three orders of magnitude lower, and say so
+    assert res.suggest("valley") == pytest.approx(0.00673, rel=1e-2)
+    assert res.suggest("steepest") == pytest.approx(0.00156, rel=1e-2)
+    assert res.one_cycle_max_lr() > 100 * max(res.suggest("valley"), res.suggest("steepest"))
+    assert {m: SUGGESTION_USES[m] for m in ("steepest", "valley", "one_cycle")} == {
+        "steepest": "fixed LR, conservative", "valley": "fixed LR", "one_cycle": "1cycle max LR"}
+
+
+@pytest.mark.parametrize("name", WD_CURVES)
+def test_saved_weight_decay_curves_read_outs(name):
+    """The weight-decay sweep (start LR 0.01): the 1cycle peak lies below the minimum, within
+    the post's range, and well above the fixed-LR rules."""
+    res = saved_curve(name)
+    assert res.stopped and 15 < res.blowup_lr < 50
+    assert 0.5 < res.min_loss_lr < 5
+    one_cycle = res.one_cycle_max_lr()
+    assert 0.2 < one_cycle < 2 and one_cycle < res.min_loss_lr < res.blowup_lr
+    assert res.loss_at(one_cycle) > min(res.losses)  # still on the descent
+    assert res.cyclic_max_lr() == pytest.approx(res.blowup_lr / 10)
+    assert 1.5 < res.cyclic_max_lr() < 5
+    for method in ("steepest", "valley", "minimum/10"):
+        assert res.suggest(method) < one_cycle, method
+    assert one_cycle > 5 * res.suggest("steepest")
+
+
+def test_weight_decay_curves_blow_up_earlier_with_more_decay():
+    blowups = [saved_curve(name).blowup_lr for name in WD_CURVES]
+    assert blowups == sorted(blowups, reverse=True)
+
+
+def test_schedule_divides_by_num_it_minus_one_unlike_fastai():
+    """The post's test (1e-5 to 100 over 98 iterations) stopped at iteration 93, LR 44 under
+    fastai's ``i / num_it``; under clrlib's ``i / (num_it - 1)`` iteration 93 is at LR 51."""
+    lrs = _schedule(1e-5, 100.0, 98, "exp")
+    assert lrs[-1] == pytest.approx(100.0)
+    assert lrs[93] == pytest.approx(51.44, rel=1e-3)
+    assert 1e-5 * 1e7 ** (93 / 98) == pytest.approx(43.94, rel=1e-3)
+
+
+# --- read-outs: stopped, blow-up, minimum --------------------------------------------------------
+
+def test_blowup_lr_of_a_test_that_never_stopped_is_the_last_lr():
+    res = FinderResult(lrs=[1e-3, 1e-2, 1e-1], losses=[2.0, 1.0, 1.5], raw_losses=[2.0, 1.0, 1.5])
+    assert not res.stopped and res.blowup_lr == 1e-1
+    assert res.cyclic_max_lr() == pytest.approx(1e-2)
+    stopped = FinderResult(lrs=res.lrs, losses=res.losses, stop_lr=0.2)
+    assert stopped.stopped and stopped.blowup_lr == 0.2
+    with pytest.raises(ValueError, match="0 points"):
+        FinderResult().blowup_lr
+    with pytest.raises(ValueError, match="0 points"):
+        FinderResult().min_loss_lr
+
+
+def test_min_loss_lr_and_one_cycle_rule():
+    lrs = [10.0 ** (k / 4 - 3) for k in range(13)]
+    losses = [2.3, 2.2, 2.0, 1.7, 1.5, 1.4, 1.3, 1.3, 1.35, 1.5, 2.0, 3.0, 5.0]
+    res = FinderResult(lrs=lrs, losses=losses, raw_losses=losses, stop_lr=10.0)
+    assert res.min_loss_lr == lrs[6]  # the first of a tie
+    assert res.one_cycle_max_lr() == pytest.approx(lrs[6] / 3)
+    assert res.one_cycle_max_lr(divisor=10 ** 0.5) == pytest.approx(lrs[4])
+    for bad in (1.0, 0.5, -3, "3"):
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            res.one_cycle_max_lr(divisor=bad)
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            res.cyclic_max_lr(divisor=bad)
+
+
+def test_one_cycle_rule_warns_when_the_loss_only_rises():
+    res = FinderResult(lrs=[0.1, 1.0, 10.0], losses=[1.0, 1.5, 3.0], raw_losses=[1.0, 1.5, 3.0])
+    with pytest.warns(RuntimeWarning, match="smaller start_lr"):
+        assert res.one_cycle_max_lr() == pytest.approx(0.1 / 3)
+
+
+# --- from_frame ------------------------------------------------------------------------------
+
+def test_from_frame_round_trips_a_live_result():
+    prob = LeastSquares()
+    res = prob.find(start_lr=prob.critical_lr * 1e-2, end_lr=prob.critical_lr * 1e2, num_it=120)
+    assert res.stopped
+    back = FinderResult.from_frame(res.to_frame(), stop_lr=res.stop_lr, settings=res.settings)
+    assert back == res
+    assert (back.blowup_lr, back.min_loss_lr, back.one_cycle_max_lr(), back.stopped) == (
+        res.blowup_lr, res.min_loss_lr, res.one_cycle_max_lr(), True)
+    assert back.settings is not res.settings  # a copy
+
+
+def test_from_frame_round_trips_a_saved_curve_and_an_unstopped_one(tmp_path):
+    res = saved_curve("finder_seed0")
+    assert len(res.accuracies) == len(res) and res.settings["accuracy"] is True
+    assert FinderResult.from_frame(res.to_frame(), res.stop_lr, res.settings) == res
+    res.to_frame().to_csv(tmp_path / "curve.csv", index=False)  # and through a CSV file
+    frame = pd.read_csv(tmp_path / "curve.csv")
+    assert FinderResult.from_frame(frame, res.stop_lr, res.settings) == res
+    prob = LeastSquares()
+    full = prob.find(start_lr=1e-4, end_lr=prob.critical_lr * 0.5, num_it=20)
+    back = FinderResult.from_frame(full.to_frame(), settings=full.settings)
+    assert back == full and not back.stopped and back.accuracies == []
+    assert back.blowup_lr == full.lrs[-1]
+
+
+def test_from_frame_checks_its_input():
+    with pytest.raises(ValueError, match=r"missing \['loss'\].*\['lr', 'raw_loss'\]"):
+        FinderResult.from_frame(pd.DataFrame({"lr": [1.0], "raw_loss": [2.0]}))
+    with pytest.raises(ValueError, match="-1.0"):
+        FinderResult.from_frame(pd.DataFrame({"lr": [1.0], "loss": [2.0]}), stop_lr=-1.0)
+    res = FinderResult.from_frame(pd.DataFrame({"lr": [1.0, 2.0], "loss": [2.0, 1.0]}), stop_lr=3)
+    assert res.raw_losses == [] and res.stop_lr == 3.0 and isinstance(res.stop_lr, float)
+
+
+# --- a loss that is not finite from the start ----------------------------------------------------
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_loss_at_the_first_iteration_raises(bad):
+    prob = LeastSquares()
+    sgd = torch.optim.SGD(prob.model.parameters(), lr=0.01, momentum=0.9)
+
+    def broken_loss(out, target):
+        return half_mse(out, target) * bad
+
+    with pytest.raises(ValueError, match=r"not finite \((nan|inf)\) at the first iteration.*"
+                                         r"LR 0\.002.*smaller start_lr.*check the data"):
+        lr_find(prob.model, broken_loss, prob.batches, sgd, start_lr=2e-3, end_lr=1.0, num_it=10)
+    assert torch.equal(prob.model.weight, torch.zeros_like(prob.model.weight))  # restored
+    assert len(sgd.state) == 0 and sgd.param_groups[0]["lr"] == 0.01
+
+
+# --- precision -----------------------------------------------------------------------------------
+
+def _dtype_seen(precision=None, amp=None):
+    """The dtype of the model's output inside lr_find (float32 model, on the CPU), and the result."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    seen = []
+
+    def loss_fn(out, target):
+        seen.append(out.dtype)
+        return F.cross_entropy(out.float(), target)
+
+    res = lr_find(model, loss_fn, batches, opt, start_lr=1e-3, end_lr=1e-2, num_it=3,
+                  precision=precision, amp=amp)
+    return set(seen), res
+
+
+@pytest.mark.parametrize("precision,amp,dtype,recorded", [
+    ("bf16", None, torch.bfloat16, "bf16"),
+    ("fp32", None, torch.float32, "fp32"),
+    (None, None, torch.float32, "fp32"),  # the old default: bf16 autocast on CUDA only
+    ("auto", None, torch.float32, "fp32"),
+    (None, True, torch.bfloat16, "bf16"),
+    ("bf16", True, torch.bfloat16, "bf16"),
+    ("fp32", False, torch.float32, "fp32"),
+])
+def test_precision_maps_onto_amp_and_is_recorded(precision, amp, dtype, recorded):
+    seen, res = _dtype_seen(precision, amp)
+    assert seen == {dtype}
+    assert res.settings["precision"] == recorded
+
+
+@pytest.mark.parametrize("precision,amp,match", [
+    ("bf16", False, "precision='bf16' contradicts amp=False"),
+    ("fp32", True, "precision='fp32' contradicts amp=True"),
+    ("fp16", None, "'fp16'"),
+])
+def test_bad_or_conflicting_precision_raises(precision, amp, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        _dtype_seen(precision, amp)

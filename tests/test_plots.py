@@ -14,7 +14,7 @@ import torch.nn as nn
 from matplotlib.axes import Axes
 
 from clrlib.data import CifarLoader, synthetic_cifar10
-from clrlib.finder import FinderResult
+from clrlib.finder import SUGGESTIONS, FinderResult
 from clrlib.plots import (plot_cycle, plot_finder, plot_finders, plot_schedule, plot_schedule_fn,
                           schedule_frame)
 from clrlib.schedules import cyclic, one_cycle
@@ -217,3 +217,48 @@ def test_plot_finder_draws_a_curve_too_short_to_suggest_from():
     assert lines[0].get_xdata().tolist() == [1e-3, 1e-2]
     assert np.asarray(lines[-1].get_xdata()).tolist() == [0.1, 0.1]  # the stop line
     assert ax.get_xscale() == "log"
+
+
+# --- finder read-outs marked and labelled --------------------------------------------------------
+
+def test_plot_finder_marks_blowup_minimum_and_one_cycle_advice():
+    res = finder_result()
+    ax = plot_finder(res, suggestions=("one_cycle", "cyclic", "valley"), marks=("blowup", "min_loss"))
+    lines = ax.get_lines()
+    assert len(lines) == 1 + 3 + 1 + 1  # curve, three suggestions, the blow-up line, the minimum
+    assert np.asarray(lines[1].get_xdata()).tolist() == [res.one_cycle_max_lr()]
+    assert np.asarray(lines[4].get_xdata()).tolist() == [res.blowup_lr] * 2
+    assert lines[4].get_linestyle() == ":"
+    assert np.asarray(lines[5].get_xdata()).tolist() == [res.min_loss_lr]
+    assert np.asarray(lines[5].get_ydata()).tolist() == [min(res.losses)]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [f"one_cycle (1cycle max LR): {res.one_cycle_max_lr():.3g}",
+                      f"cyclic (CLR max LR): {res.cyclic_max_lr():.3g}",
+                      f"valley (fixed LR): {res.suggest('valley'):.3g}",
+                      f"blow-up (stopped): {res.blowup_lr:.3g}",
+                      f"min loss: {res.min_loss_lr:.3g}"]
+
+
+def test_plot_finder_blowup_mark_of_a_test_that_never_stopped():
+    res = finder_result(stop=False)
+    ax = plot_finder(res, suggestions=(), marks=("blowup",), label="run")
+    lines = ax.get_lines()
+    assert len(lines) == 2
+    assert np.asarray(lines[1].get_xdata()).tolist() == [res.lrs[-1]] * 2
+    assert lines[1].get_linestyle() == "--"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["run", f"no blow-up up to {res.lrs[-1]:.3g} (run)"]
+
+
+def test_plot_finder_rejects_an_unknown_mark():
+    with pytest.raises(ValueError, match="'bogus'"):
+        plot_finder(finder_result(), marks=("blowup", "bogus"))
+
+
+def test_plot_finders_passes_marks_and_draws_every_suggestion():
+    results = {"a": finder_result(stop=True), "b": finder_result(40, stop=False)}
+    ax = plot_finders(results, suggestions=SUGGESTIONS, marks=("blowup", "min_loss"))
+    assert len(ax.get_lines()) == 2 * (1 + len(SUGGESTIONS) + 2)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sum("1cycle max LR" in t for t in labels) == 2
+    assert sum(t.startswith("min loss") for t in labels) == 2
