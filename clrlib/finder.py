@@ -6,9 +6,9 @@ bias-corrected exponential moving average, and stop once the smoothed loss excee
 ``stop_factor`` times the best seen (or is not finite). The model's weights,
 buffers and the optimizer's state are then restored, in memory, to what they were.
 
-The exponential schedule is ``lr_i = start_lr * (end_lr / start_lr) ** (i / (num_it - 1))``
-for ``i = 0 .. num_it - 1``, so the last iteration runs at ``end_lr`` exactly. fastai (and
-the post) use ``i / num_it`` and never quite reach ``end_lr``: the steps are a hair smaller
+By default the exponential schedule is ``lr_i = start_lr * (end_lr / start_lr) ** (i / (num_it - 1))``
+for ``i = 0 .. num_it - 1``, so the last iteration runs at ``end_lr`` exactly. fastai 0.7 (and
+the post) use ``i / num_it`` (``endpoint=False`` here) and never quite reach ``end_lr``: the steps are a hair smaller
 and the LR of a given iteration a little lower. With the post's settings (1e-5 to 100 over 98
 iterations) iteration 93 is at LR 44 under fastai's schedule and at LR 51 under this one.
 
@@ -311,11 +311,13 @@ def restore(model: nn.Module, optimizer: torch.optim.Optimizer, saved: tuple[dic
     restore_training_modes(modes)
 
 
-def _schedule(start_lr: float, end_lr: float, num_it: int, mode: str) -> list[float]:
-    """The test's LRs; ``i / (num_it - 1)``, so the last is ``end_lr`` (fastai: ``i / num_it``)."""
+def _schedule(start_lr: float, end_lr: float, num_it: int, mode: str, endpoint: bool = True) -> list[float]:
+    """The test's LRs at ``i / (num_it - 1)`` (the last is ``end_lr``), or at ``i / num_it``
+    without the endpoint (fastai 0.7's)."""
+    steps = num_it - 1 if endpoint else num_it
     if mode == "exp":
-        return [start_lr * (end_lr / start_lr) ** (i / (num_it - 1)) for i in range(num_it)]
-    return [start_lr + (end_lr - start_lr) * i / (num_it - 1) for i in range(num_it)]
+        return [start_lr * (end_lr / start_lr) ** (i / steps) for i in range(num_it)]
+    return [start_lr + (end_lr - start_lr) * i / steps for i in range(num_it)]
 
 
 def _repeat(batches: Iterable) -> Iterator:
@@ -376,7 +378,8 @@ def _resolve_amp(precision: str | None, amp: bool | None) -> bool | None:
 def lr_find(model: nn.Module, loss_fn: Callable, batches: Iterable, optimizer: torch.optim.Optimizer,
             start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, mode: str = "exp",
             beta: float = 0.98, stop_factor: float | None = 4.0, val_batches: Iterable | None = None,
-            accuracy: bool = False, amp: bool | None = None, precision: str | None = None) -> FinderResult:
+            accuracy: bool = False, amp: bool | None = None, precision: str | None = None,
+            endpoint: bool = True) -> FinderResult:
     """Run the LR range test and restore the model and optimizer afterwards.
 
     Args:
@@ -388,7 +391,7 @@ def lr_find(model: nn.Module, loss_fn: Callable, batches: Iterable, optimizer: t
         start_lr, end_lr: the range of learning rates (``start_lr < end_lr``).
         num_it: number of batches; iteration ``i`` runs at
             ``start_lr * (end_lr/start_lr) ** (i / (num_it - 1))``, so the last at ``end_lr``
-            (fastai divides by ``num_it`` instead; see the module's docstring).
+            (fastai divides by ``num_it`` instead: ``endpoint=False``; see the module's docstring).
         mode: ``"exp"`` (geometric steps, the post) or ``"linear"`` (Smith's CLR paper).
         beta: smoothing of the loss, ``avg = beta*avg + (1-beta)*loss``, divided by ``1 - beta**k``.
         stop_factor: stop when the smoothed loss exceeds this times the best, or is not finite;
@@ -399,6 +402,8 @@ def lr_find(model: nn.Module, loss_fn: Callable, batches: Iterable, optimizer: t
         amp: bf16 autocast; default on for CUDA only.
         precision: ``"bf16"`` (same as ``amp=True``), ``"fp32"`` (``amp=False``) or None (use
             ``amp``). The one in effect is recorded as ``settings["precision"]``.
+        endpoint: whether the last iteration runs at ``end_lr`` (True) or one step short of it,
+            as in fastai 0.7 and the post (False).
 
     Returns:
         A :class:`FinderResult`.
@@ -414,7 +419,7 @@ def lr_find(model: nn.Module, loss_fn: Callable, batches: Iterable, optimizer: t
     result = FinderResult(settings=dict(start_lr=start_lr, end_lr=end_lr, num_it=num_it, mode=mode,
                                         beta=beta, stop_factor=stop_factor,
                                         held_out=val_batches is not None, accuracy=accuracy,
-                                        precision="bf16" if in_effect else "fp32"))
+                                        precision="bf16" if in_effect else "fp32", endpoint=endpoint))
     saved = snapshot(model, optimizer)
     try:
         if not model.training:  # a model already training keeps its own per-layer settings
@@ -432,7 +437,7 @@ def _run(result: FinderResult, model: nn.Module, loss_fn: Callable, batches: Ite
     device = model_device(model)
     amp_ctx = autocast(device, amp)
     avg, best = 0.0, math.inf
-    for i, (lr, (x, y)) in enumerate(zip(_schedule(s["start_lr"], s["end_lr"], s["num_it"], s["mode"]),
+    for i, (lr, (x, y)) in enumerate(zip(_schedule(s["start_lr"], s["end_lr"], s["num_it"], s["mode"], s["endpoint"]),
                                          batches)):
         for group in optimizer.param_groups:
             group["lr"] = lr

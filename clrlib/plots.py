@@ -61,8 +61,7 @@ def plot_finder(result, ax=None, skip_start: int = 0, skip_end: int = 0,
         ax.plot(lrs, result.raw_losses[skip_start:end], color=line.get_color(), alpha=0.3, lw=0.8)
     _mark_finder(result, ax, line.get_color(), suggestions, marks, label)
     if ylim_factor and losses:
-        lo = min(losses)
-        ax.set_ylim(lo - 0.05 * abs(lo), max(min(max(losses), ylim_factor * losses[0]), lo * 1.01 + 1e-9))
+        _fit_ylim(ax, [losses], ylim_factor)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("smoothed training loss" if not result.settings.get("held_out") else "smoothed held-out loss")
@@ -110,8 +109,19 @@ def plot_finders(results: Mapping[str, object], ax=None, suggestions: Sequence[s
     ax = _axes(ax)
     for label, result in results.items():
         plot_finder(result, ax=ax, label=str(label), suggestions=suggestions, **kwargs)
+    factor = kwargs.get("ylim_factor", 1.5)
+    curves = [r.losses for r in results.values() if len(r.losses)]
+    if factor and curves:  # one range that shows every curve, not just the last one drawn
+        _fit_ylim(ax, curves, factor)
     ax.legend(fontsize="small")
     return ax
+
+
+def _fit_ylim(ax, curves: Sequence[Sequence[float]], factor: float) -> None:
+    """Y range from the lowest loss to ``factor`` times the highest starting loss (blow-ups cut off)."""
+    lo = min(min(c) for c in curves)
+    hi = max(min(max(c), factor * c[0]) for c in curves)
+    ax.set_ylim(lo - 0.05 * abs(lo), max(hi, lo * 1.01 + 1e-9))
 
 
 def schedule_frame(fn: Callable, total_steps: int) -> pd.DataFrame:

@@ -1,0 +1,279 @@
+"""The notebook suite: its notebooks, their parameters, the profiles, and the helper each notebook uses.
+
+Each notebook in ``notebooks/`` starts with a cell tagged ``parameters``: literal settings whose
+defaults are the post's. A profile, ``clrlib/profiles/<profile>.yaml``, overrides some of them
+(a ``common`` section, then one per notebook). :func:`apply_profile` is the one place where a
+profile meets a notebook's parameters: the runner calls it to make papermill's parameters, and
+a notebook opened by hand calls it (through :func:`start`) when its ``profile`` parameter is
+None and ``$CLRLIB_PROFILE`` names one. Every profile value is checked against the type of the
+parameter's default when the profile is read; the error names the file, section and parameter.
+
+Inside a notebook::
+
+    exp = suite.start("03_one_cycle", globals())   # the parameters, profile applied; data and store ready
+    specs = [exp.train_spec(ScheduleSpec.make("one_cycle", max_lr=max_lr), epochs, seed=s) for s in seeds]
+    histories = exp.fit_many(specs)                # from the run store, or trained
+    exp.record("1cycle", "final test accuracy (%)", [...], post_value=93.53)
+"""
+from __future__ import annotations
+
+import ast
+import datetime as _dt
+import functools
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from . import analysis
+from .provenance import REPO_ROOT, git_commit, machine_info
+from .runs import Lab
+from .specs import DataSpec, FinderSpec, ModelSpec, ScheduleSpec, TrainSpec
+from .store import atomic_write_text, jsonable
+
+__all__ = ["NOTEBOOKS", "PROFILES", "ORDER", "ProfileError", "notebook_parameters", "load_profile",
+           "apply_profile", "start", "Experiment", "SUMMARY_COLUMNS", "write_summary"]
+
+NOTEBOOKS = ("01_lr_finder", "02_cyclical_lr", "03_one_cycle", "04_super_convergence",
+             "05_momentum", "06_weight_decay")
+#: The order that gives the most of the post first when time runs short.
+ORDER = ("01_lr_finder", "03_one_cycle", "04_super_convergence", "06_weight_decay", "05_momentum",
+         "02_cyclical_lr")
+PROFILES = ("smoke", "quick", "full")
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+SUMMARY_COLUMNS = ["experiment", "metric", "value", "post_value", "n_seeds", "std"]
+
+
+class ProfileError(ValueError):
+    """A bad notebook name, profile file, section or setting; the message names it."""
+
+
+# --- parameters and profiles ---------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _parameters_cached(path: str, mtime: float) -> tuple:
+    nb = json.loads(Path(path).read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ProfileError(f"{path}: expected one cell tagged 'parameters', found {len(cells)}")
+    params = {}
+    for node in ast.parse("".join(cells[0]["source"])).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            params[node.targets[0].id] = ast.literal_eval(node.value)
+    return tuple(params.items())
+
+
+def notebook_parameters(notebook: str) -> dict[str, Any]:
+    """The names and default values of ``notebook``'s parameters cell, in order."""
+    if notebook not in NOTEBOOKS:
+        raise ProfileError(f"unknown notebook {notebook!r}; choose from {NOTEBOOKS}")
+    path = NOTEBOOK_DIR / f"{notebook}.ipynb"
+    return dict(_parameters_cached(str(path), path.stat().st_mtime))
+
+
+def _coerce(value, default, where: str):
+    """``value`` as the type of ``default`` (numbers written like 5e-4 are numbers), or a ProfileError."""
+    def bad(kind):
+        return ProfileError(f"{where} must be {kind} (like its default {default!r}), got {value!r}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, str):
+            try:
+                value = float(value) if isinstance(default, float) else int(value)
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad("a number")
+        if isinstance(default, int) and value != int(value):
+            raise bad("an integer")
+        return float(value) if isinstance(default, float) else int(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise bad("a string")
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise bad("a list")
+        return value
+    return value
+
+
+def load_profile(profile: str, notebook: str) -> dict[str, Any]:
+    """The settings of ``notebook`` in ``profile``, checked against its parameters' types."""
+    import yaml
+    if profile not in PROFILES:
+        raise ProfileError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    defaults = notebook_parameters(notebook)
+    path = PROFILE_DIR / f"{profile}.yaml"
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ProfileError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(spec, dict):
+        raise ProfileError(f"{path}: expected sections 'common' and notebook names, got {type(spec).__name__}")
+    unknown = set(spec) - {"common", *NOTEBOOKS}
+    if unknown:
+        raise ProfileError(f"{path}: unknown section(s) {sorted(unknown)}; expected 'common' or {NOTEBOOKS}")
+    settings: dict[str, Any] = {}
+    for section in ("common", notebook):
+        values = spec.get(section) or {}
+        if not isinstance(values, dict):
+            raise ProfileError(f"{path}: section {section!r} must map parameters to values, "
+                               f"got {type(values).__name__}")
+        for name, value in values.items():
+            if name not in defaults:
+                raise ProfileError(f"{path}: section {section!r} sets {name!r}, which is not a parameter of "
+                                   f"notebook {notebook} (its parameters: {sorted(defaults)})")
+            settings[name] = _coerce(value, defaults[name], f"{path}: {section}.{name}")
+    settings["profile"] = profile
+    return settings
+
+
+def apply_profile(notebook: str, profile: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``params`` (default: the notebook's defaults) with ``profile``'s settings applied."""
+    base = notebook_parameters(notebook) if params is None else dict(params)
+    return {**base, **load_profile(profile, notebook)}
+
+
+# --- inside a notebook ------------------------------------------------------------------------------
+
+def start(notebook: str, namespace: dict) -> "Experiment":
+    """Read ``notebook``'s parameters from its namespace and start its :class:`Experiment`.
+
+    The parameters are the names the notebook's parameters cell assigns. If ``profile`` is
+    None (a notebook opened by hand), the profile ``$CLRLIB_PROFILE`` (default "full", the
+    notebook's own settings) is applied with :func:`apply_profile`, written back into the
+    namespace so that the notebook's variables show what runs, and ``$CLRLIB_OUT`` (if set)
+    becomes the results folder's root.
+    """
+    params = {name: namespace[name] for name in notebook_parameters(notebook)}
+    if params.get("profile") is None:
+        profile = os.environ.get("CLRLIB_PROFILE") or "full"
+        params = apply_profile(notebook, profile, params)
+        if os.environ.get("CLRLIB_OUT") and params.get("out_dir") is None:
+            params["out_dir"] = str(Path(os.environ["CLRLIB_OUT"]) / profile / notebook)
+        namespace.update(params)
+    return Experiment(notebook, params)
+
+
+def executor_from_environment():
+    """The executor ``$CLRLIB_EXECUTOR`` names: None (runs one after another here) or a Ray one."""
+    name = os.environ.get("CLRLIB_EXECUTOR", "local")
+    if name == "local":
+        return None
+    if name != "ray":
+        raise ProfileError(f"CLRLIB_EXECUTOR must be 'local' or 'ray', got {name!r}")
+    from .ray_executor import RayExecutor
+    return RayExecutor(address=os.environ.get("RAY_ADDRESS"), log=print)
+
+
+class Experiment:
+    """One notebook's run: its settings, the specs they give, the runs, figures and summary rows.
+
+    Writes under ``out_dir`` (default ``results/<profile>/<notebook>``): ``params.json``, the
+    figures and ``summary_rows.csv``; runs go to the profile's store, ``<out_dir>/../runs``.
+    """
+
+    def __init__(self, notebook: str, params: dict[str, Any]) -> None:
+        self.notebook, self.params = notebook, dict(params)
+        self.profile = params.get("profile") or "full"
+        self.out = Path(params.get("out_dir") or REPO_ROOT / "results" / self.profile / notebook)
+        self.out.mkdir(parents=True, exist_ok=True)
+        p = self.params
+        self.model = ModelSpec(p.get("depth", 56), p.get("shortcut", "B"), p.get("init", "post"))
+        self.data = DataSpec(p.get("dataset", "cifar10"), p.get("train_subset"), p.get("test_subset"),
+                             p.get("synthetic_train", 512), p.get("synthetic_test", 256))
+        self.lab = Lab(self.out.parent / "runs", data_root=p.get("data_root"), device=p.get("device"),
+                       compile=p.get("compile_model"), progress=bool(p.get("progress", False)),
+                       redo=bool(p.get("redo", False)), log=print)
+        self.arrays = self.lab.arrays(self.data)
+        self.summary: list[dict] = []
+        self.info = {"notebook": notebook, "profile": self.profile, "parameters": self.params,
+                     "data": self.arrays.source, "data_fingerprint": self.arrays.fingerprint,
+                     "synthetic_data": self.data.synthetic, "commit": git_commit(),
+                     "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     **machine_info(self.lab.device)}
+        atomic_write_text(self.out / "params.json", json.dumps(jsonable(self.info), indent=2) + "\n")
+
+    @property
+    def data_label(self) -> str:
+        """"CIFAR-10" or "synthetic CIFAR-shaped data", for titles and tables."""
+        return self.arrays.name
+
+    def describe(self) -> str:
+        """One line: profile, data, device, model, batch size and where results go."""
+        return (f"profile {self.profile}: {self.data_label} ({self.data.n_train} training images), "
+                f"{self.model.label}, batch {self.params.get('batch_size', 512)}, device {self.lab.device}, "
+                f"results in {self.out}")
+
+    def _common(self, overrides: dict) -> dict:
+        p = self.params
+        common = dict(model=self.model, data=self.data, batch_size=p.get("batch_size", 512),
+                      weight_decay=p.get("weight_decay", 1e-4), drop_last=p.get("drop_last", False),
+                      precision=p.get("precision", "auto"))
+        return {**common, **overrides}
+
+    def train_spec(self, schedule: ScheduleSpec, epochs: int, seed: int = 0, **overrides) -> TrainSpec:
+        """A training spec with this notebook's model, data, batch size, weight decay and precision."""
+        return TrainSpec(schedule, epochs, seed=seed, **self._common(overrides))
+
+    def finder_spec(self, seed: int = 0, **overrides) -> FinderSpec:
+        """A range-test spec with this notebook's settings (``start_lr``, ``num_it``, ... as overrides)."""
+        return FinderSpec(seed=seed, **self._common(overrides))
+
+    def fit_many(self, specs: Sequence[TrainSpec]) -> list[pd.DataFrame]:
+        return self.lab.fit_many(specs)
+
+    def lr_find_many(self, specs: Sequence[FinderSpec]):
+        return self.lab.lr_find_many(specs)
+
+    def save_figure(self, fig, name: str, svg: bool = True) -> Path:
+        """Save ``fig`` as ``<out>/<name>.png`` (and ``.svg``), labelled if the data is synthetic."""
+        if self.data.synthetic:
+            fig.text(0.99, 0.01, "synthetic data (smoke test), not CIFAR-10", ha="right", va="bottom",
+                     fontsize="small", color="red")
+        path = self.out / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        if svg:
+            fig.savefig(self.out / f"{name}.svg", bbox_inches="tight")
+        return path
+
+    def record(self, experiment: str, metric: str, values: Sequence[float] | float,
+               post_value: float | None = None) -> dict:
+        """Add a headline number (mean and std over seeds) to the notebook's summary rows."""
+        mean, std, n = analysis.mean_std(values)
+        if self.data.synthetic:
+            experiment = f"{experiment} [synthetic data]"
+        row = dict(experiment=experiment, metric=metric, value=mean, post_value=post_value, n_seeds=n, std=std)
+        self.summary = [r for r in self.summary if (r["experiment"], r["metric"]) != (experiment, metric)]
+        self.summary.append(row)
+        atomic_write_text(self.out / "summary_rows.csv", self.table().to_csv(index=False))
+        return row
+
+    def table(self) -> pd.DataFrame:
+        """This notebook's summary rows so far."""
+        return pd.DataFrame(self.summary, columns=SUMMARY_COLUMNS)
+
+
+def write_summary(base: Path) -> pd.DataFrame:
+    """Gather ``<base>/<notebook>/summary_rows.csv`` into ``summary.csv`` and ``summary.md``."""
+    frames = [pd.read_csv(p) for n in NOTEBOOKS if (p := base / n / "summary_rows.csv").exists()]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SUMMARY_COLUMNS)
+    table = table[SUMMARY_COLUMNS]
+    atomic_write_text(base / "summary.csv", table.to_csv(index=False))
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    for row in table.itertuples(index=False):
+        cells = ["" if (isinstance(v, float) and math.isnan(v)) else (f"{v:.4g}" if isinstance(v, float) else str(v))
+                 for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    atomic_write_text(base / "summary.md",
+                      f"# Summary: {base.name} profile\n\nvalue = mean over seeds; std empty for one seed; "
+                      "post_value = the post's (or its notebook's) number where it gives one.\n\n"
+                      + "\n".join(lines) + "\n")
+    return table
