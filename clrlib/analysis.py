@@ -18,7 +18,13 @@ import pandas as pd
 from .train import epoch_table
 
 __all__ = ["epoch_table", "final_accuracy", "first_epoch_reaching", "loss_gap", "schedule_mismatch",
-           "mean_std", "momentum_variants", "flatten", "split", "largest_weight_decay_at_high_lr"]
+           "mean_std", "t_critical", "confidence_interval", "welch_difference", "momentum_variants",
+           "flatten", "split", "largest_weight_decay_at_high_lr"]
+
+# Two-sided 95% critical values of Student's t for 1..30 degrees of freedom (then 1.96 in the limit).
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042)
 
 
 def final_accuracy(history: pd.DataFrame) -> float:
@@ -82,6 +88,45 @@ def mean_std(values: Sequence[float] | float) -> tuple[float, float, int]:
     mean = sum(values) / n
     std = round(math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)), 12) if n > 1 else math.nan
     return round(mean, 12), std, n  # rounded: 93.3, not 93.29999999999998
+
+
+def t_critical(df: float) -> float:
+    """Two-sided 95% critical value of Student's t with ``df`` degrees of freedom (a fractional
+    df is rounded down, which errs on the wide side; 1.96 beyond 30)."""
+    if not df >= 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df!r}")
+    return _T95[int(df) - 1] if df < len(_T95) + 1 else 1.96
+
+
+def confidence_interval(values: Sequence[float]) -> float:
+    """Half-width of the 95% confidence interval of the mean of ``values`` (Student's t); NaN for one value."""
+    mean, std, n = mean_std(list(values))
+    return t_critical(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+
+
+def welch_difference(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Mean of ``a`` minus mean of ``b`` with its 95% confidence interval (Welch's t, unequal variances).
+
+    Returns ``{"difference", "ci95", "df", "verdict"}``: the verdict is "real at 95%" when the
+    interval excludes 0, "within noise" when it does not, and "one run each: no test" when
+    either side has a single value (no variance to test against).
+
+    Example:
+        >>> welch_difference([93.5, 93.6, 93.4], [93.4, 93.3, 93.5])["verdict"]
+        'within noise'
+    """
+    (ma, sa, na), (mb, sb, nb) = mean_std(list(a)), mean_std(list(b))
+    if na < 2 or nb < 2:
+        return dict(difference=ma - mb, ci95=math.nan, df=math.nan, verdict="one run each: no test")
+    va, vb = sa ** 2 / na, sb ** 2 / nb
+    se = math.sqrt(va + vb)
+    if se == 0:
+        df = na + nb - 2
+    else:
+        df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
+    half = t_critical(df) * se
+    verdict = "real at 95%" if abs(ma - mb) > half else "within noise"
+    return dict(difference=ma - mb, ci95=half, df=df, verdict=verdict)
 
 
 def momentum_variants(cyclical: Sequence[float], constants: Sequence[float]) -> dict[str, tuple[float, float]]:

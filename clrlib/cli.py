@@ -225,7 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "doctor":
             from .doctor import run_doctor
             return run_doctor(full=args.full, device=args.device)
-        run_notebooks(args.names, args.profile, args.data, args.out, args.redo, parse_order(args.order))
+        use_executor(args.executor, args.address)
+        run_notebooks(args.names, args.profile, args.data, args.out, args.redo, parse_order(args.order),
+                      args.jobs)
         return 0
     except KeyboardInterrupt:
         print("interrupted; finished runs are in the run store, so rerunning the same command resumes",

@@ -35,7 +35,7 @@ from .specs import DataSpec, FinderSpec, ModelSpec, ScheduleSpec, TrainSpec
 from .store import atomic_write_text, jsonable
 
 __all__ = ["NOTEBOOKS", "PROFILES", "ORDER", "ProfileError", "notebook_parameters", "load_profile",
-           "apply_profile", "start", "Experiment", "SUMMARY_COLUMNS", "write_summary"]
+           "apply_profile", "start", "Experiment", "SUMMARY_COLUMNS", "COMPARISON_COLUMNS", "write_summary"]
 
 NOTEBOOKS = ("01_lr_finder", "02_cyclical_lr", "03_one_cycle", "04_super_convergence",
              "05_momentum", "06_weight_decay")
@@ -45,7 +45,9 @@ ORDER = ("01_lr_finder", "03_one_cycle", "04_super_convergence", "06_weight_deca
 PROFILES = ("smoke", "quick", "full")
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-SUMMARY_COLUMNS = ["experiment", "metric", "value", "post_value", "n_seeds", "std"]
+SUMMARY_COLUMNS = ["experiment", "metric", "value", "std", "ci95", "n_seeds", "post_value"]
+COMPARISON_COLUMNS = ["comparison", "metric", "difference", "ci95", "n_a", "n_b", "test", "verdict",
+                      "post_difference"]
 
 
 class ProfileError(ValueError):
@@ -194,6 +196,8 @@ class Experiment:
                        redo=bool(p.get("redo", False)), log=print)
         self.arrays = self.lab.arrays(self.data)
         self.summary: list[dict] = []
+        self.comparisons: list[dict] = []
+        self.figures: list[dict] = []
         self.info = {"notebook": notebook, "profile": self.profile, "parameters": self.params,
                      "data": self.arrays.source, "data_fingerprint": self.arrays.fingerprint,
                      "synthetic_data": self.data.synthetic, "commit": git_commit(),
@@ -233,8 +237,11 @@ class Experiment:
     def lr_find_many(self, specs: Sequence[FinderSpec]):
         return self.lab.lr_find_many(specs)
 
-    def save_figure(self, fig, name: str, svg: bool = True) -> Path:
-        """Save ``fig`` as ``<out>/<name>.png`` (and ``.svg``), labelled if the data is synthetic."""
+    def save_figure(self, fig, name: str, caption: str = "", svg: bool = True) -> Path:
+        """Save ``fig`` as ``<out>/<name>.png`` (and ``.svg``), labelled if the data is synthetic.
+
+        ``caption`` (what to see in it) goes with the figure into the profile's gallery.
+        """
         if self.data.synthetic:
             fig.text(0.99, 0.01, "synthetic data (smoke test), not CIFAR-10", ha="right", va="bottom",
                      fontsize="small", color="red")
@@ -242,38 +249,93 @@ class Experiment:
         fig.savefig(path, dpi=110, bbox_inches="tight")
         if svg:
             fig.savefig(self.out / f"{name}.svg", bbox_inches="tight")
+        self.figures = [f for f in self.figures if f["name"] != name] + [{"name": name, "caption": caption}]
+        atomic_write_text(self.out / "figures.json", json.dumps(self.figures, indent=2) + "\n")
         return path
 
     def record(self, experiment: str, metric: str, values: Sequence[float] | float,
                post_value: float | None = None) -> dict:
-        """Add a headline number (mean and std over seeds) to the notebook's summary rows."""
+        """Add a headline number (mean, std and 95% CI over seeds) to the notebook's summary rows."""
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
         mean, std, n = analysis.mean_std(values)
-        if self.data.synthetic:
-            experiment = f"{experiment} [synthetic data]"
-        row = dict(experiment=experiment, metric=metric, value=mean, post_value=post_value, n_seeds=n, std=std)
-        self.summary = [r for r in self.summary if (r["experiment"], r["metric"]) != (experiment, metric)]
+        ci = analysis.confidence_interval(values) if n > 1 else math.nan
+        row = dict(experiment=self._label(experiment), metric=metric, value=mean, std=std, ci95=ci,
+                   n_seeds=n, post_value=post_value)
+        self.summary = [r for r in self.summary if (r["experiment"], r["metric"]) != (row["experiment"], metric)]
         self.summary.append(row)
         atomic_write_text(self.out / "summary_rows.csv", self.table().to_csv(index=False))
         return row
 
+    def compare(self, a: str, a_values: Sequence[float], b: str, b_values: Sequence[float],
+                metric: str = "final test accuracy (%)", post_difference: float | None = None) -> dict:
+        """A comparison the post makes: mean of ``a`` minus mean of ``b``, its 95% CI (Welch's t)
+        and a verdict ("real at 95%" / "within noise"), added to the notebook's comparison rows."""
+        test = analysis.welch_difference(a_values, b_values)
+        row = dict(comparison=self._label(f"{a} vs {b}"), metric=metric, difference=test["difference"],
+                   ci95=test["ci95"], n_a=len(a_values), n_b=len(b_values),
+                   test="Welch's t, two-sided 95%", verdict=test["verdict"], post_difference=post_difference)
+        self.comparisons = [r for r in self.comparisons if r["comparison"] != row["comparison"]] + [row]
+        atomic_write_text(self.out / "comparison_rows.csv",
+                          pd.DataFrame(self.comparisons, columns=COMPARISON_COLUMNS).to_csv(index=False))
+        return row
+
+    def _label(self, text: str) -> str:
+        return f"{text} [synthetic data]" if self.data.synthetic else text
+
     def table(self) -> pd.DataFrame:
-        """This notebook's summary rows so far."""
+        """This notebook's summary rows so far (and its comparisons, in ``comparisons_table()``)."""
         return pd.DataFrame(self.summary, columns=SUMMARY_COLUMNS)
 
+    def comparisons_table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.comparisons, columns=COMPARISON_COLUMNS)
 
-def write_summary(base: Path) -> pd.DataFrame:
-    """Gather ``<base>/<notebook>/summary_rows.csv`` into ``summary.csv`` and ``summary.md``."""
-    frames = [pd.read_csv(p) for n in NOTEBOOKS if (p := base / n / "summary_rows.csv").exists()]
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SUMMARY_COLUMNS)
-    table = table[SUMMARY_COLUMNS]
-    atomic_write_text(base / "summary.csv", table.to_csv(index=False))
-    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+
+def _markdown(table: pd.DataFrame) -> list[str]:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     for row in table.itertuples(index=False):
         cells = ["" if (isinstance(v, float) and math.isnan(v)) else (f"{v:.4g}" if isinstance(v, float) else str(v))
                  for v in row]
         lines.append("| " + " | ".join(cells) + " |")
-    atomic_write_text(base / "summary.md",
-                      f"# Summary: {base.name} profile\n\nvalue = mean over seeds; std empty for one seed; "
-                      "post_value = the post's (or its notebook's) number where it gives one.\n\n"
-                      + "\n".join(lines) + "\n")
+    return lines
+
+
+def _gather(base: Path, filename: str, columns: list[str]) -> pd.DataFrame:
+    frames = [pd.read_csv(p) for n in NOTEBOOKS if (p := base / n / filename).exists()]
+    frames = [f for f in frames if len(f)]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return table[columns]
+
+
+def write_summary(base: Path) -> pd.DataFrame:
+    """Gather the notebooks' rows under ``base`` into ``summary.csv``, ``comparisons.csv``,
+    ``summary.md`` and the gallery ``README.md`` (tables, then every figure with its caption)."""
+    table = _gather(base, "summary_rows.csv", SUMMARY_COLUMNS)
+    comparisons = _gather(base, "comparison_rows.csv", COMPARISON_COLUMNS)
+    atomic_write_text(base / "summary.csv", table.to_csv(index=False))
+    atomic_write_text(base / "comparisons.csv", comparisons.to_csv(index=False))
+    legend = ("value = mean over seeds, std = their standard deviation (empty for one seed), ci95 = "
+              "half-width of the 95% confidence interval of the mean (Student's t); post_value = the "
+              "post's (or its notebook's) number where it gives one.")
+    tables = (["## Headline numbers", "", legend, ""] + _markdown(table)
+              + ["", "## Comparisons the post makes", "",
+                 "difference = mean of the first minus mean of the second; ci95 = half-width of its 95% "
+                 "confidence interval (Welch's t-test, two-sided); n_a, n_b = seeds on each side.", ""]
+              + _markdown(comparisons))
+    atomic_write_text(base / "summary.md", f"# Summary: {base.name} profile\n\n" + "\n".join(tables) + "\n")
+    atomic_write_text(base / "README.md", _gallery(base, tables))
     return table
+
+
+def _gallery(base: Path, tables: list[str]) -> str:
+    """The profile's results as one page: the tables, then each notebook's figures with captions."""
+    lines = [f"# Results: {base.name} profile", "",
+             "Written by the runner (`python -m clrlib run`) from the runs in `runs/`; each notebook's "
+             "settings, commit, device and date are in `<notebook>/params.json`.", ""] + tables
+    for name in NOTEBOOKS:
+        path = base / name / "figures.json"
+        if not path.exists():
+            continue
+        lines += ["", f"## {name}", "", f"Executed notebook: [{name}.ipynb]({name}.ipynb)", ""]
+        for fig in json.loads(path.read_text()):
+            lines += [f"**{fig['name']}**: {fig['caption']}", "", f"![{fig['name']}]({name}/{fig['name']}.png)", ""]
+    return "\n".join(lines) + "\n"

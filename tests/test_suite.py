@@ -1,0 +1,261 @@
+"""The notebook suite: parameters cells, profiles and their checks, start(), Experiment, the summary."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from clrlib import suite
+from clrlib.specs import ScheduleSpec
+from clrlib.suite import ProfileError
+
+
+def write_profile(monkeypatch, tmp_path, text: str, name: str = "smoke"):
+    """Make ``text`` the profile file ``name`` (suite.PROFILE_DIR moved to ``tmp_path``)."""
+    folder = tmp_path / "profiles"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.yaml").write_text(text)
+    monkeypatch.setattr(suite, "PROFILE_DIR", folder)
+    return folder / f"{name}.yaml"
+
+
+# --- parameters and the real profiles ---------------------------------------------------------------
+
+@pytest.mark.parametrize("profile", suite.PROFILES)
+@pytest.mark.parametrize("notebook", suite.NOTEBOOKS)
+def test_every_real_profile_is_valid_for_every_notebook(profile, notebook):
+    settings = suite.load_profile(profile, notebook)  # raises on a typo or a wrong type
+    assert settings["profile"] == profile
+    defaults = suite.notebook_parameters(notebook)
+    assert set(settings) <= set(defaults)
+    applied = suite.apply_profile(notebook, profile)
+    assert set(applied) == set(defaults) and applied["profile"] == profile
+
+
+@pytest.mark.parametrize("notebook", suite.NOTEBOOKS)
+def test_notebook_defaults_are_the_posts_settings(notebook):
+    params = suite.notebook_parameters(notebook)
+    assert params["profile"] is None  # None: "full", or $CLRLIB_PROFILE when opened by hand
+    assert params["dataset"] == "cifar10" and params["train_subset"] is None and params["test_subset"] is None
+    assert params["depth"] == 56 and params["shortcut"] == "B" and params["init"] == "post"
+    assert params["batch_size"] == 512 and params["weight_decay"] == 1e-4 and params["drop_last"] is False
+    assert params["out_dir"] is None and params["redo"] is False
+
+
+def test_the_one_cycle_notebook_holds_the_posts_schedule():
+    p = suite.notebook_parameters("03_one_cycle")
+    assert (p["epochs"], p["max_lr"], p["div"], p["final_div"], p["annihilate"]) == (95, 0.8, 10.0, 100.0, 0.1368)
+    assert p["moms"] == [0.95, 0.85]
+
+
+def test_the_smoke_profile_is_small_and_synthetic():
+    s = suite.load_profile("smoke", "03_one_cycle")
+    assert s["dataset"] == "synthetic" and s["depth"] == 8 and s["device"] == "cpu" and s["epochs"] == 4
+
+
+def test_the_full_profile_changes_nothing_but_its_name():
+    for notebook in suite.NOTEBOOKS:
+        assert suite.load_profile("full", notebook) == {"profile": "full"}
+        assert suite.apply_profile(notebook, "full") == {**suite.notebook_parameters(notebook), "profile": "full"}
+
+
+def test_bad_names_and_profiles_are_named_in_the_error():
+    with pytest.raises(ProfileError, match="'huge'"):
+        suite.load_profile("huge", "03_one_cycle")
+    with pytest.raises(ProfileError, match="'07_nothing'"):
+        suite.load_profile("smoke", "07_nothing")
+    with pytest.raises(ProfileError, match="'07_nothing'"):
+        suite.notebook_parameters("07_nothing")
+
+
+# --- crafted profiles -----------------------------------------------------------------------------------
+
+def test_a_number_written_like_5e_4_is_a_float(monkeypatch, tmp_path):
+    # YAML 1.1 reads 5e-4 (no dot) as a string
+    write_profile(monkeypatch, tmp_path, "common:\n  weight_decay: 5e-4\n  epochs: 10\n")
+    settings = suite.load_profile("smoke", "03_one_cycle")
+    assert settings["weight_decay"] == 0.0005 and type(settings["weight_decay"]) is float
+    assert settings["epochs"] == 10 and type(settings["epochs"]) is int
+
+
+def test_an_integer_setting_may_be_written_as_a_float_or_string(monkeypatch, tmp_path):
+    write_profile(monkeypatch, tmp_path, "03_one_cycle:\n  epochs: 10.0\n  max_lr: 1\n  depth: '20'\n")
+    settings = suite.load_profile("smoke", "03_one_cycle")
+    assert settings["epochs"] == 10 and type(settings["epochs"]) is int
+    assert settings["max_lr"] == 1.0 and type(settings["max_lr"]) is float
+    assert settings["depth"] == 20
+
+
+@pytest.mark.parametrize("text, names", [
+    ("03_one_cycle:\n  epochs: ten\n", ["smoke.yaml", "03_one_cycle.epochs", "'ten'"]),
+    ("common:\n  epochs: 9.5\n", ["common.epochs", "an integer"]),
+    ("common:\n  redo: 1\n", ["common.redo", "true or false"]),
+    ("common:\n  weight_decay: .inf\n", ["common.weight_decay", "a number"]),
+    ("common:\n  shortcut: 1\n", ["common.shortcut", "a string"]),
+    ("common:\n  seeds: 0\n", ["common.seeds", "a list"]),
+    ("common:\n  batch_size: true\n", ["common.batch_size", "a number"]),
+])
+def test_a_value_of_the_wrong_type_names_file_section_and_parameter(monkeypatch, tmp_path, text, names):
+    write_profile(monkeypatch, tmp_path, text)
+    with pytest.raises(ProfileError) as info:
+        suite.load_profile("smoke", "03_one_cycle")
+    for name in names:
+        assert name in str(info.value), (name, str(info.value))
+
+
+def test_a_yaml_syntax_error_names_the_file(monkeypatch, tmp_path):
+    path = write_profile(monkeypatch, tmp_path, "common:\n  depth: [8\n  epochs: 2\n")
+    with pytest.raises(ProfileError, match=f"{path}: not valid YAML"):
+        suite.load_profile("smoke", "03_one_cycle")
+
+
+def test_a_section_that_is_a_list_is_refused(monkeypatch, tmp_path):
+    write_profile(monkeypatch, tmp_path, "03_one_cycle:\n  - epochs: 2\n")
+    with pytest.raises(ProfileError, match="section '03_one_cycle' must map parameters to values, got list"):
+        suite.load_profile("smoke", "03_one_cycle")
+
+
+def test_a_file_that_is_a_list_is_refused(monkeypatch, tmp_path):
+    write_profile(monkeypatch, tmp_path, "- common\n")
+    with pytest.raises(ProfileError, match="smoke.yaml"):
+        suite.load_profile("smoke", "03_one_cycle")
+
+
+def test_an_unknown_parameter_is_refused(monkeypatch, tmp_path):
+    write_profile(monkeypatch, tmp_path, "03_one_cycle:\n  learning_rate: 1.0\n")
+    with pytest.raises(ProfileError, match=r"'03_one_cycle' sets 'learning_rate'.*notebook 03_one_cycle"):
+        suite.load_profile("smoke", "03_one_cycle")
+    # a parameter of another notebook is unknown here, but fine in that notebook's own section
+    write_profile(monkeypatch, tmp_path, "common:\n  num_it: 20\n")
+    with pytest.raises(ProfileError, match="'num_it'"):
+        suite.load_profile("smoke", "03_one_cycle")
+    write_profile(monkeypatch, tmp_path, "01_lr_finder:\n  num_it: 20\n")
+    assert suite.load_profile("smoke", "03_one_cycle") == {"profile": "smoke"}
+
+
+def test_an_unknown_section_is_refused(monkeypatch, tmp_path):
+    write_profile(monkeypatch, tmp_path, "07_nothing:\n  epochs: 2\n")
+    with pytest.raises(ProfileError, match=r"unknown section\(s\) \['07_nothing'\]"):
+        suite.load_profile("smoke", "03_one_cycle")
+
+
+def test_a_notebook_section_overrides_common(monkeypatch, tmp_path):
+    write_profile(monkeypatch, tmp_path, "common:\n  depth: 20\n  epochs: 3\n03_one_cycle:\n  epochs: 7\n")
+    assert suite.load_profile("smoke", "03_one_cycle") == {"depth": 20, "epochs": 7, "profile": "smoke"}
+    write_profile(monkeypatch, tmp_path, "")  # an empty file: the notebook's own settings
+    assert suite.load_profile("smoke", "03_one_cycle") == {"profile": "smoke"}
+
+
+# --- start() and Experiment -------------------------------------------------------------------------
+
+def namespace(notebook: str = "03_one_cycle", **changes) -> dict:
+    """A notebook's globals after its parameters cell (plus what IPython adds)."""
+    return {**suite.notebook_parameters(notebook), "In": [], "_hidden": 1, "get_ipython": print, **changes}
+
+
+def test_start_applies_the_profile_and_the_results_root_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLRLIB_PROFILE", "smoke")
+    monkeypatch.setenv("CLRLIB_OUT", str(tmp_path))
+    ns = namespace()
+    exp = suite.start("03_one_cycle", ns)
+    assert ns["profile"] == "smoke" and ns["depth"] == 8 and ns["epochs"] == 4 and ns["dataset"] == "synthetic"
+    assert exp.profile == "smoke" and exp.out == tmp_path / "smoke" / "03_one_cycle"
+    assert exp.data.synthetic and exp.model.depth == 8 and str(exp.lab.device) == "cpu"
+    assert "In" not in exp.params and "_hidden" not in exp.params and "get_ipython" not in exp.params
+    assert exp.lab.store.root == tmp_path / "smoke" / "runs"
+    assert "profile smoke" in exp.describe() and "synthetic" in exp.describe()
+
+
+def test_start_leaves_a_profile_that_papermill_injected_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLRLIB_PROFILE", "quick")
+    monkeypatch.setenv("CLRLIB_OUT", str(tmp_path / "elsewhere"))
+    params = suite.apply_profile("03_one_cycle", "smoke")
+    ns = namespace(**{**params, "out_dir": str(tmp_path / "injected")})
+    exp = suite.start("03_one_cycle", ns)
+    assert exp.profile == "smoke" and exp.out == tmp_path / "injected" and ns["depth"] == 8
+
+
+def test_start_with_a_bad_profile_in_the_environment_names_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLRLIB_PROFILE", "huge")
+    with pytest.raises(ProfileError, match="'huge'"):
+        suite.start("03_one_cycle", namespace())
+
+
+def test_start_without_a_profile_runs_the_full_settings(monkeypatch):
+    monkeypatch.delenv("CLRLIB_PROFILE", raising=False)
+    seen = {}
+    monkeypatch.setattr(suite, "Experiment", lambda notebook, params: seen.update(params) or "exp")
+    assert suite.start("03_one_cycle", namespace()) == "exp"
+    assert seen["profile"] == "full" and seen["depth"] == 56 and seen["out_dir"] is None
+
+
+@pytest.fixture
+def smoke_experiment(tmp_path):
+    params = {**suite.apply_profile("03_one_cycle", "smoke"), "out_dir": str(tmp_path / "smoke" / "03_one_cycle"),
+              "synthetic_train": 64, "synthetic_test": 32, "batch_size": 32}
+    return suite.Experiment("03_one_cycle", params)
+
+
+def test_experiment_records_provenance_and_labels_synthetic_data(smoke_experiment):
+    exp = smoke_experiment
+    info = json.loads((exp.out / "params.json").read_text())
+    assert info["synthetic_data"] is True and info["data"] == "synthetic" and info["profile"] == "smoke"
+    for key in ("commit", "date", "torch", "device_name", "parameters", "host", "data_fingerprint"):
+        assert info[key], key
+    assert info["parameters"]["depth"] == 8
+    assert exp.data_label == "synthetic CIFAR-shaped data"
+
+
+def test_record_keeps_one_row_per_experiment_and_metric(smoke_experiment):
+    exp = smoke_experiment
+    row = exp.record("1cycle", "final test accuracy (%)", [90.0, 92.0], post_value=93.5)
+    assert row["experiment"] == "1cycle [synthetic data]"
+    assert row["value"] == pytest.approx(91.0) and row["n_seeds"] == 2 and row["std"] == pytest.approx(math.sqrt(2))
+    saved = pd.read_csv(exp.out / "summary_rows.csv")
+    assert list(saved.columns) == suite.SUMMARY_COLUMNS and len(saved) == 1
+    exp.record("1cycle", "final test accuracy (%)", 50.0)  # the same row again replaces it
+    exp.record("1cycle", "epochs", 4)
+    saved = pd.read_csv(exp.out / "summary_rows.csv")
+    assert len(saved) == 2 and saved["value"].tolist() == [50.0, 4.0] and math.isnan(saved["std"][0])
+
+
+def test_experiment_specs_carry_the_notebooks_settings(smoke_experiment):
+    exp = smoke_experiment
+    spec = exp.train_spec(ScheduleSpec.make("one_cycle", max_lr=0.5), 2, seed=1)
+    assert spec.model.depth == 8 and spec.batch_size == 32 and spec.data.synthetic and spec.seed == 1
+    assert spec.weight_decay == 1e-4 and spec.drop_last is False
+    finder = exp.finder_spec(num_it=5, weight_decay=1e-3)
+    assert finder.num_it == 5 and finder.weight_decay == 1e-3 and finder.batch_size == 32
+
+
+def test_the_compile_parameter_reaches_the_lab(tmp_path):
+    params = {**suite.apply_profile("03_one_cycle", "smoke"), "out_dir": str(tmp_path / "nb"), "compile_model": False}
+    assert suite.Experiment("03_one_cycle", params).lab.compile is False
+
+
+def test_save_figure_labels_synthetic_data(smoke_experiment):
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = smoke_experiment.save_figure(fig, "curve", svg=False)
+    assert path.is_file() and any("synthetic data" in t.get_text() for t in fig.texts)
+
+
+def test_write_summary_gathers_the_notebooks_rows(tmp_path):
+    for name, value in (("01_lr_finder", 8.0), ("03_one_cycle", 93.0)):
+        (tmp_path / name).mkdir()
+        pd.DataFrame([dict(experiment=name, metric="m", value=value, post_value=None, n_seeds=1,
+                           std=float("nan"))]).to_csv(tmp_path / name / "summary_rows.csv", index=False)
+    table = suite.write_summary(tmp_path)
+    assert list(table["value"]) == [8.0, 93.0]
+    md = (tmp_path / "summary.md").read_text()
+    assert "| 03_one_cycle | m | 93 |  | 1 |  |" in md
+    assert pd.read_csv(tmp_path / "summary.csv")["experiment"].tolist() == ["01_lr_finder", "03_one_cycle"]
+
+
+def test_write_summary_of_nothing_is_an_empty_table(tmp_path):
+    table = suite.write_summary(tmp_path)
+    assert len(table) == 0 and list(table.columns) == suite.SUMMARY_COLUMNS
+    assert (tmp_path / "summary.md").is_file()
