@@ -46,7 +46,7 @@ def profile_epochs(profile: str) -> int:
                                                 "05_momentum")}
     nb2, nb3, nb4, nb5 = p.values()
     total = 3 * nb2["epochs"] * len(nb2["seeds"])
-    total += nb3["epochs"] * (len(nb3["seeds"]) + bool(nb3["fp32_control"]))
+    total += nb3["epochs"] * (len(nb3["seeds"]) + bool(nb3["fp32_control"]) + len(nb3["init_controls"]))
     total += (sum(nb4["sc_epochs"]) + nb4["short_epochs"]) * len(nb4["seeds"])
     total += sum(s[3] for s in nb5["settings"]) * len(nb5["constant_moms"]) * len(nb5["seeds"])
     return total

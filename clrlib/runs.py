@@ -104,7 +104,7 @@ def train_run(spec: TrainSpec, arrays, device: torch.device, compile: bool | str
     """Train ``spec`` from scratch; returns its per-step history and a record of how it ran."""
     start = time.time()
     precision = _train.resolve_precision(spec.precision, device)
-    channels_last = device.type == "cuda" or precision == "bf16"
+    channels_last = _train.default_channels_last(device, precision)
     train, test = loaders(spec, arrays, device, channels_last)
     if len(train) != spec.steps_per_epoch:
         raise RunFailed(f"the loader has {len(train)} batches per epoch, the spec {spec.steps_per_epoch}")
@@ -125,7 +125,7 @@ def finder_run(spec: FinderSpec, arrays, device: torch.device, progress: bool = 
     """Run the range test of ``spec`` on a fresh model; returns its curve and a record."""
     start = time.time()
     precision = _train.resolve_precision(spec.precision, device)
-    channels_last = device.type == "cuda" or precision == "bf16"
+    channels_last = _train.default_channels_last(device, precision)
     train, _ = loaders(spec, arrays, device, channels_last)
     _train.seed_everything(spec.seed)
     model = spec.model.build().to(device)

@@ -116,7 +116,8 @@ def load_profile(profile: str, notebook: str) -> dict[str, Any]:
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ProfileError(f"{path}: not valid YAML: {e}") from None
+        where = " ".join(str(e).split())  # one line: the parser's message spans several
+        raise ProfileError(f"{path}: not valid YAML: {where}") from None
     if not isinstance(spec, dict):
         raise ProfileError(f"{path}: expected sections 'common' and notebook names, got {type(spec).__name__}")
     unknown = set(spec) - {"common", *NOTEBOOKS}

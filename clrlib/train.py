@@ -5,15 +5,30 @@ evaluates on the test set after every epoch and returns the whole history as one
 pandas DataFrame: a row per optimizer step (``step, epoch, lr, momentum, loss``), the
 last row of each epoch also carrying ``train_loss, test_loss, test_acc, seconds``.
 :func:`epoch_table` selects those rows. Plots in :mod:`clrlib.plots` are drawn from it.
+
+Speed settings, each resolved per device when left as None (see :func:`fit`):
+
+* precision: ``"bf16"`` (bf16 autocast) on CUDA and on CPUs with native bf16
+  instructions (:func:`cpu_has_native_bf16`), ``"fp32"`` elsewhere (:func:`default_precision`);
+* channels-last memory format: on CUDA, and on a CPU training in bf16;
+* ``torch.compile``: on CUDA, in mode ``"reduce-overhead"`` (CUDA graphs), off elsewhere.
+  Only the forward pass and the loss are compiled (their backward comes with them); the
+  optimizer step stays eager, so a new LR or momentum every step never recompiles.
+  Compiled code is kept per process and architecture (:func:`compiled_steps`): a new
+  model of the same architecture reuses it.
 """
 from __future__ import annotations
 
 import contextlib
-from functools import partial
+import functools
+import importlib.util
 import math
 import random
 import time
+import types
 import warnings
+from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterable
 
 import pandas as pd
@@ -23,11 +38,18 @@ import torch.nn.functional as F
 
 from .schedules import ScheduleFn, Scheduler, constant, group_momentum
 
-__all__ = ["default_device", "seed_everything", "autocast", "train_step", "evaluate", "fit",
-           "epoch_table", "STEP_COLUMNS", "EPOCH_COLUMNS"]
+__all__ = ["default_device", "seed_everything", "autocast", "autocast_for", "cpu_flags", "cpu_vendor", "cpu_has_native_bf16",
+           "default_precision", "resolve_precision", "default_channels_last", "resolve_compile",
+           "compiled_steps", "clear_compile_cache", "CompiledSteps", "train_step", "evaluate", "fit",
+           "epoch_table", "STEP_COLUMNS", "EPOCH_COLUMNS", "PRECISIONS", "COMPILE_MODES"]
 
 STEP_COLUMNS = ("step", "epoch", "lr", "momentum", "loss")
 EPOCH_COLUMNS = ("train_loss", "test_loss", "test_acc", "seconds")
+PRECISIONS = ("bf16", "fp32")
+# torch.compile's modes; the first two of CUDAGRAPH_MODES replay CUDA graphs on a GPU.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+# /proc/cpuinfo flags of x86 CPUs that compute in bf16 natively (Cooper Lake, Sapphire Rapids, Zen 4+).
 
 
 def default_device() -> torch.device:
@@ -45,6 +67,98 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags that Linux lists in ``path`` (empty where there is no such file).
+
+    Args:
+        path: a file in the format of ``/proc/cpuinfo`` (``flags : fpu vme ...`` lines).
+    """
+    try:
+        with open(path) as f:
+            return {word for line in f if line.startswith("flags") for word in line.split(":", 1)[-1].split()}
+    except OSError:
+        return set()
+
+
+def cpu_vendor(path: str = "/proc/cpuinfo") -> str:
+    """The CPU's ``vendor_id`` as Linux lists it (e.g. "AuthenticAMD", "GenuineIntel"), or ""."""
+    try:
+        with open(path) as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """Whether bf16 autocast pays on this CPU: AMX-BF16, or AVX512_BF16 on an AMD CPU.
+
+    Measured on this project's 2-core machines (ResNet-20, batch 128 to 256, one training step):
+    an AMD EPYC with AVX512_BF16 trained 2.4x faster in bf16 + channels-last than in fp32; an
+    Intel Xeon with AVX512_BF16 but no AMX trained at 563 img/s in bf16 + channels-last against
+    693 in fp32 + channels-last, so there bf16 is no gain and fp32 stays the default. AMX
+    (Intel's matrix units) is where oneDNN's bf16 kernels are fastest. Reads the flags of
+    ``/proc/cpuinfo`` (Linux) and torch's CPU capability string; False where neither tells.
+    """
+    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    flags = cpu_flags()
+    if "AMX" in capability or "amx_bf16" in flags:
+        return True
+    return "avx512_bf16" in flags and cpu_vendor() == "AuthenticAMD"
+
+
+def _cuda_has_native_bf16() -> bool:
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 has no including_emulation
+        return torch.cuda.is_bf16_supported()
+
+
+def default_precision(device: str | torch.device) -> str:
+    """``"bf16"`` on a CUDA GPU with bf16 (Ampere and later) or a CPU with native bf16, else ``"fp32"``.
+
+    Args:
+        device: the device training runs on (MPS gets ``"fp32"``).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if _cuda_has_native_bf16() else "fp32"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def resolve_precision(precision: str | None, device: str | torch.device) -> str:
+    """The precision to train in: ``precision`` checked, or the device's default.
+
+    Args:
+        precision: ``"bf16"`` (bf16 autocast), ``"fp32"``, or None / ``"auto"`` for
+            :func:`default_precision` of ``device``.
+        device: the device training runs on.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if precision is None or precision == "auto":
+        return default_precision(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, 'auto' or None, got {precision!r}")
+    return precision
+
+
+def _precision_and_amp(precision: str | None, amp: bool | None, device: torch.device) -> str:
+    """Resolve ``precision`` with the older ``amp`` flag as an alias (True: bf16, False: fp32)."""
+    if amp is None:
+        return resolve_precision(precision, device)
+    if not isinstance(amp, bool):
+        raise ValueError(f"amp must be True, False or None, got {amp!r}")
+    from_amp = "bf16" if amp else "fp32"
+    if precision not in (None, "auto") and resolve_precision(precision, device) != from_amp:
+        raise ValueError(f"precision={precision!r} contradicts amp={amp!r} (amp=True means 'bf16', "
+                         "amp=False 'fp32'); pass only precision")
+    return from_amp
+
+
 def autocast(device: torch.device, enabled: bool | None = None):
     """bf16 autocast on CUDA (default), nothing elsewhere unless ``enabled`` is True."""
     device = torch.device(device)
@@ -55,11 +169,66 @@ def autocast(device: torch.device, enabled: bool | None = None):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def autocast_for(precision: str | None, device: str | torch.device):
+    """The autocast context of a precision: bf16 autocast for ``"bf16"``, nothing for ``"fp32"``.
+
+    Args:
+        precision: as for :func:`resolve_precision` (None: the device's default).
+        device: the device the forward pass runs on.
+    """
+    device = torch.device(device)
+    if resolve_precision(precision, device) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def default_channels_last(device: str | torch.device, precision: str) -> bool:
+    """Channels-last pays on CUDA and on the CPU (oneDNN's fast layout: ResNet-20 trained at 693
+    img/s channels-last against 548 in NCHW, fp32, on this project's Intel Xeon).
+
+    Args:
+        device: the training device.
+        precision: the resolved precision, ``"bf16"`` or ``"fp32"``.
+    """
+    return torch.device(device).type in ("cuda", "cpu")
+
+
+def resolve_compile(compile: bool | str | None, device: str | torch.device) -> str | bool:
+    """The ``torch.compile`` mode to use, or False for eager.
+
+    Args:
+        compile: None: ``"reduce-overhead"`` (CUDA graphs) on CUDA where Triton is installed,
+            eager elsewhere; True: the device's mode (``"reduce-overhead"`` on CUDA,
+            ``"default"`` elsewhere); False: eager; or one of :data:`COMPILE_MODES`.
+        device: the training device.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    device = torch.device(device)
+    if compile is None:
+        on = device.type == "cuda" and importlib.util.find_spec("triton") is not None
+        return "reduce-overhead" if on else False
+    if compile is False:
+        return False
+    if compile is True:
+        return "reduce-overhead" if device.type == "cuda" else "default"
+    if isinstance(compile, str) and compile in COMPILE_MODES:
+        return compile
+    raise ValueError(f"compile must be None, True, False or one of {COMPILE_MODES}, got {compile!r}")
+
+
 def model_device(model: nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
+
+
+def model_is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's 4-d weights are in channels-last memory format (False without any)."""
+    return any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+               for p in model.parameters())
 
 
 def training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
@@ -72,6 +241,98 @@ def restore_training_modes(modes: list[tuple[nn.Module, bool]]) -> None:
     for module, flag in modes:
         module.training = flag
 
+
+# ---------------------------------------------------------------------------------------------
+# The compiled path. The compiled functions take the model as an argument: with
+# torch._dynamo.config.inline_inbuilt_nn_modules (the default since torch 2.5) its parameters
+# and buffers are graph inputs, not constants, so another model of the same architecture
+# passes the same guards and reuses the code.
+
+def _train_forward(model: Callable, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return loss_fn(model(x), y)
+
+
+def _eval_forward(model: Callable, loss_fn: Callable, x: torch.Tensor,
+                  y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = model(x)
+    return loss_fn(out.float(), y) * y.shape[0], (out.argmax(1) == y).sum()
+
+
+@dataclass(frozen=True)
+class CompiledSteps:
+    """The compiled functions of one (architecture, mode, precision, layout, device type).
+
+    Attributes:
+        train: ``(model, loss_fn, x, y) -> loss`` (forward and loss; call ``.backward()`` on it).
+        evaluate: ``(model, loss_fn, x, y) -> (sum of the losses, number correct)``, for no-grad use.
+        mode: the ``torch.compile`` mode.
+        cudagraphs: whether they replay CUDA graphs, so that each step must start with
+            ``torch.compiler.cudagraph_mark_step_begin()`` and outputs must be copied before the next.
+    """
+
+    train: Callable
+    evaluate: Callable
+    mode: str
+    cudagraphs: bool
+
+
+_COMPILED: dict[tuple, CompiledSteps] = {}
+
+
+def _own_code(fn: Callable, tag: int) -> Callable:
+    """A copy of ``fn`` with its own code object: dynamo keeps its cache (and its limit of
+    recompilations) per code object, so each :class:`CompiledSteps` gets its own."""
+    name = f"{fn.__name__}_{tag}"
+    return types.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__, name)
+
+
+def architecture_key(model: nn.Module) -> tuple:
+    """The model's class and the names, shapes and dtypes of its parameters and buffers."""
+    cls = type(model)
+    return (cls.__module__, cls.__qualname__,
+            tuple((name, tuple(t.shape), str(t.dtype)) for name, t in model.state_dict().items()))
+
+
+def compiled_steps(model: nn.Module, mode: str, precision: str, channels_last: bool,
+                   device: str | torch.device) -> CompiledSteps:
+    """The process-wide compiled train and eval functions for ``model``'s architecture.
+
+    Made (lazily: the compilation happens at the first call) once per process and key
+    ``(architecture, mode, precision, channels_last, device type)``, with ``dynamic=False``:
+    each input shape (the full batch, a last partial batch) is compiled once, statically.
+
+    Args:
+        model: any instance of the architecture (the functions take the model as an argument).
+        mode: one of :data:`COMPILE_MODES`.
+        precision, channels_last: the settings the functions will be called under (part of the key).
+        device: the device they run on (CUDA graphs only on CUDA).
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"mode must be one of {COMPILE_MODES}, got {mode!r}")
+    device = torch.device(device)
+    key = (architecture_key(model), mode, precision, bool(channels_last), device.type)
+    if key not in _COMPILED:
+        from torch import _dynamo  # the compiler, imported only when asked for
+        old_torch = torch.torch_version.TorchVersion(torch.__version__) < "2.5"  # the option became the default
+        if old_torch and not getattr(_dynamo.config, "inline_inbuilt_nn_modules", False):
+            warnings.warn("torch._dynamo.config.inline_inbuilt_nn_modules is off (torch < 2.5?): "
+                          "every new model instance will be compiled again", RuntimeWarning, stacklevel=3)
+        tag = len(_COMPILED)
+        build = partial(torch.compile, mode=mode, dynamic=False)
+        _COMPILED[key] = CompiledSteps(train=build(_own_code(_train_forward, tag)),
+                                       evaluate=build(_own_code(_eval_forward, tag)), mode=mode,
+                                       cudagraphs=device.type == "cuda" and mode in CUDAGRAPH_MODES)
+    return _COMPILED[key]
+
+
+def clear_compile_cache() -> None:
+    """Forget the compiled functions of :func:`compiled_steps` and reset dynamo's caches."""
+    from torch import _dynamo
+    _COMPILED.clear()
+    _dynamo.reset()
+
+
+# ---------------------------------------------------------------------------------------------
 
 def train_step(model: Callable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                x: torch.Tensor, y: torch.Tensor,
@@ -90,35 +351,101 @@ def train_step(model: Callable, loss_fn: Callable, optimizer: torch.optim.Optimi
     return loss.detach(), out.detach()
 
 
+def _compiled_train_step(steps: CompiledSteps, model: nn.Module, loss_fn: Callable,
+                         optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                         amp: contextlib.AbstractContextManager, log: torch.Tensor, index: int) -> None:
+    """:func:`train_step` through ``steps.train``; the loss is copied into ``log[index]`` at once
+    (a CUDA graph's output is overwritten by its next replay)."""
+    optimizer.zero_grad(set_to_none=True)
+    if steps.cudagraphs:
+        torch.compiler.cudagraph_mark_step_begin()
+    with amp:
+        loss = steps.train(model, loss_fn, x, y)
+    log[index] = loss.detach()
+    loss.backward()
+    optimizer.step()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable | None = None,
-             amp: bool | None = None) -> tuple[float, float]:
-    """Mean loss and accuracy (a fraction) of ``model`` over ``batches``, in eval mode."""
+             amp: bool | None = None, *, precision: str | None = None,
+             channels_last: bool | None = None, compile: bool | str | None = False) -> tuple[float, float]:
+    """Mean loss and accuracy (a fraction) of ``model`` over ``batches``, in eval mode.
+
+    Args:
+        model: the network, on its device (batches are moved there); its train/eval flags are restored.
+        batches: ``(x, y)`` batches.
+        loss_fn: default cross-entropy (computed in fp32).
+        amp: older alias of ``precision``: True for ``"bf16"``, False for ``"fp32"``.
+        precision: ``"bf16"``, ``"fp32"``, or None for :func:`default_precision` of the model's device.
+        channels_last: convert inputs to channels-last; default: if the model's weights are.
+        compile: as in :func:`fit`, but off by default.
+
+    Raises:
+        ValueError: if ``batches`` is empty, or for a bad setting.
+    """
     device = model_device(model)
-    loss_fn = loss_fn or F.cross_entropy
+    precision = _precision_and_amp(precision, amp, device)
+    if channels_last is None:
+        channels_last = model_is_channels_last(model)
+    mode = resolve_compile(compile, device)
+    steps = compiled_steps(model, mode, precision, channels_last, device) if mode else None
+    return _evaluate(model, batches, loss_fn or F.cross_entropy, device, precision, channels_last, steps)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: torch.device,
+              precision: str, channels_last: bool, steps: CompiledSteps | None) -> tuple[float, float]:
+    forward = steps.evaluate if steps is not None else _eval_forward
     modes = training_modes(model)
     model.eval()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count = 0
-    with autocast(device, amp):
-        for x, y in batches:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            out = model(x)
-            total_loss += loss_fn(out.float(), y) * len(y)
-            correct += (out.argmax(1) == y).sum()
-            count += len(y)
-    restore_training_modes(modes)
+    try:
+        with autocast_for(precision, device):
+            for x, y in batches:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if steps is not None and steps.cudagraphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                loss_sum, right = forward(model, loss_fn, x, y)
+                total_loss += loss_sum  # copied out before the next replay
+                correct += right
+                count += y.shape[0]
+    finally:
+        restore_training_modes(modes)
     if count == 0:
         raise ValueError("evaluate got no batches")
     return total_loss.item() / count, correct.item() / count
 
 
+@dataclass
+class _Run:
+    """What one epoch of :func:`fit` needs, resolved once."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler
+    loss_fn: Callable
+    device: torch.device
+    precision: str
+    channels_last: bool
+    steps: CompiledSteps | None
+    bar: object = None
+
+    def settings(self) -> dict:
+        """What was used, for ``history.attrs["fit"]``."""
+        return {"precision": self.precision, "compile": self.steps.mode if self.steps else False,
+                "channels_last": self.channels_last, "device": str(self.device)}
+
+
 def fit(model: nn.Module, train_loader, epochs: int, schedule: ScheduleFn | None = None,
         optimizer: torch.optim.Optimizer | None = None, *, lr: float = 0.1, momentum: float = 0.9,
         weight_decay: float = 1e-4, test_loader=None, loss_fn: Callable | None = None,
-        device: str | torch.device | None = None, amp: bool | None = None,
-        channels_last: bool | None = None, compile: bool = False, seed: int | None = None,
+        device: str | torch.device | None = None, precision: str | None = None, amp: bool | None = None,
+        channels_last: bool | None = None, compile: bool | str | None = None, seed: int | None = None,
         progress: bool = True, stop_on_divergence: bool = True) -> pd.DataFrame:
     """Train ``model`` for ``epochs`` epochs, stepping the schedule every batch.
 
@@ -128,15 +455,19 @@ def fit(model: nn.Module, train_loader, epochs: int, schedule: ScheduleFn | None
         epochs: number of passes over ``train_loader``.
         schedule: ``step -> lr`` or ``step -> (lr, momentum)`` over the ``epochs * len(train_loader)``
             steps, e.g. ``partial(one_cycle, total_steps=..., max_lr=0.8)``. Default: constant ``lr``.
-        optimizer: default ``SGD(lr, momentum, weight_decay)`` over all parameters.
+        optimizer: default ``SGD(lr, momentum, weight_decay)`` over all parameters (foreach on CUDA).
         lr, momentum, weight_decay: settings of the default optimizer; without a schedule the LR
             stays ``lr`` (or the given optimizer's own LR).
         test_loader: batches to evaluate on after every epoch (the post uses the test set).
         loss_fn: default cross-entropy.
         device: default: CUDA, then MPS, then CPU.
-        amp: bf16 autocast; default on for CUDA only.
-        channels_last: channels-last memory format; default on for CUDA only.
-        compile: wrap the model in ``torch.compile``.
+        precision: ``"bf16"`` (bf16 autocast) or ``"fp32"``; default :func:`default_precision`:
+            bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere.
+        amp: older alias: True for ``"bf16"``, False for ``"fp32"`` (must agree with ``precision``).
+        channels_last: channels-last memory format; default on CUDA, and on a CPU in bf16.
+        compile: ``torch.compile`` the forward pass and loss (see :func:`resolve_compile`):
+            None: CUDA graphs (``"reduce-overhead"``) on CUDA, eager elsewhere; True: the
+            device's mode; False: eager; or a mode string. The optimizer step stays eager.
         seed: if given, seeds torch before training (see also :func:`seed_everything`).
         progress: show a tqdm progress bar with the loss and LR.
         stop_on_divergence: stop at the end of an epoch whose training loss is not finite.
@@ -146,6 +477,11 @@ def fit(model: nn.Module, train_loader, epochs: int, schedule: ScheduleFn | None
         fractional: steps done / steps per epoch, so the last step of epoch 1 is 1.0), and on
         each epoch's last row ``train_loss, test_loss, test_acc, seconds``
         (``seconds``: training time of that epoch). See :func:`epoch_table`.
+        ``history.attrs["fit"]`` records the settings used: ``precision``, ``compile``
+        (the mode or False), ``channels_last`` and ``device``.
+
+    Raises:
+        ValueError: for a bad argument, or a loader that yields fewer batches than its ``len()``.
 
     Example:
         >>> from functools import partial
@@ -164,72 +500,106 @@ def fit(model: nn.Module, train_loader, epochs: int, schedule: ScheduleFn | None
     if steps_per_epoch < 1:
         raise ValueError(f"train_loader yields no batches (len(train_loader) = {steps_per_epoch})")
     device = torch.device(device) if device is not None else default_device()
+    precision = _precision_and_amp(precision, amp, device)
+    mode = resolve_compile(compile, device)
     if channels_last is None:
-        channels_last = device.type == "cuda"
+        channels_last = default_channels_last(device, precision)
     if seed is not None:
         seed_everything(seed)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if optimizer is None:
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                                    weight_decay=weight_decay)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                    foreach=True if device.type == "cuda" else None)
     elif schedule is None:
         lr = float(optimizer.param_groups[0]["lr"])
     scheduler = Scheduler(optimizer, schedule if schedule is not None else partial(constant, lr=lr))
-    loss_fn = loss_fn or F.cross_entropy
-    run_model = torch.compile(model) if compile else model
-    amp_ctx = autocast(device, amp)
-    total = epochs * steps_per_epoch
+    steps = compiled_steps(model, mode, precision, channels_last, device) if mode else None
+    run = _Run(model, optimizer, scheduler, loss_fn or F.cross_entropy, device, precision,
+               bool(channels_last), steps)
+    history = _train(run, train_loader, epochs, steps_per_epoch, test_loader, progress, stop_on_divergence)
+    history.attrs["fit"] = run.settings()
+    return history
 
+
+def _train(run: _Run, train_loader, epochs: int, steps_per_epoch: int, test_loader, progress: bool,
+           stop_on_divergence: bool) -> pd.DataFrame:
+    """The epochs of :func:`fit`: train, evaluate, log; returns the history."""
     rows: dict[str, list] = {c: [] for c in STEP_COLUMNS + EPOCH_COLUMNS}
-    bar = _progress_bar(total, progress)
-    step = 0
-    for epoch in range(1, epochs + 1):
-        model.train()
-        start = time.perf_counter()
-        losses = torch.empty(steps_per_epoch, device=device)
-        n = 0
-        for x, y in train_loader:
-            if n == steps_per_epoch:
+    run.bar = _progress_bar(epochs * steps_per_epoch, progress)
+    try:
+        for epoch in range(1, epochs + 1):
+            step_losses, seconds = _train_epoch(run, train_loader, steps_per_epoch, rows, epoch)
+            first = len(rows["step"])
+            rows["step"].extend(range(first, first + steps_per_epoch))
+            rows["epoch"].extend((first + i + 1) / steps_per_epoch for i in range(steps_per_epoch))
+            rows["loss"].extend(step_losses)
+            train_loss = sum(step_losses) / steps_per_epoch
+            test_loss, test_acc = (
+                _evaluate(run.model, test_loader, run.loss_fn, run.device, run.precision,
+                          run.channels_last, run.steps)
+                if test_loader is not None else (math.nan, math.nan))
+            for col, value in zip(EPOCH_COLUMNS, (train_loss, test_loss, test_acc, seconds)):
+                rows[col].extend([math.nan] * (steps_per_epoch - 1) + [value])
+            if run.bar is not None:
+                run.bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", lr=f"{rows['lr'][-1]:.3g}")
+            if stop_on_divergence and not math.isfinite(train_loss):
+                warnings.warn(f"training loss diverged (not finite) in epoch {epoch}; stopping early",
+                              RuntimeWarning, stacklevel=3)
                 break
-            group = optimizer.param_groups[0]
-            rows["lr"].append(float(group["lr"]))
-            rows["momentum"].append(group_momentum(group))
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            losses[n] = train_step(run_model, loss_fn, optimizer, x, y, amp_ctx)[0]
-            scheduler.step()
-            n += 1
-            step += 1
-            if bar is not None:
-                bar.update(1)
-                if n % max(1, steps_per_epoch // 4) == 0 or n == steps_per_epoch:
-                    bar.set_postfix(epoch=epoch, loss=f"{losses[n - 1].item():.3f}",
-                                    lr=f"{rows['lr'][-1]:.3g}")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        step_losses = losses[:n].tolist()
-        first = step - n
-        rows["step"].extend(range(first, step))
-        rows["epoch"].extend((first + i + 1) / steps_per_epoch for i in range(n))
-        rows["loss"].extend(step_losses)
-        train_loss = sum(step_losses) / max(n, 1)
-        test_loss, test_acc = (evaluate(model, test_loader, loss_fn, amp) if test_loader is not None
-                               else (math.nan, math.nan))
-        for col, value in zip(EPOCH_COLUMNS, (train_loss, test_loss, test_acc, seconds)):
-            rows[col].extend([math.nan] * (n - 1) + [value])
-        if stop_on_divergence and not math.isfinite(train_loss):
-            warnings.warn(f"training loss diverged (not finite) in epoch {epoch}; stopping early",
-                          RuntimeWarning, stacklevel=2)
-            break
-    if bar is not None:
-        bar.close()
+    finally:
+        if run.bar is not None:
+            run.bar.close()
     history = pd.DataFrame(rows)
     history["epoch"] = history["epoch"].round(6)
     return history
+
+
+def _train_epoch(run: _Run, train_loader, steps_per_epoch: int, rows: dict, epoch: int) -> tuple[list, float]:
+    """One pass over ``train_loader`` (at most ``steps_per_epoch`` batches); logs LR and momentum
+    into ``rows``; returns the step losses and the seconds taken.
+
+    The losses stay on the device until the epoch ends: no host synchronisation per step
+    (the progress bar reads a loss a few times per epoch on the CPU only).
+    """
+    run.model.train()
+    amp = autocast_for(run.precision, run.device)
+    start = time.perf_counter()
+    losses = torch.empty(steps_per_epoch, device=run.device)
+    n = 0
+    for x, y in train_loader:
+        if n == steps_per_epoch:
+            break
+        group = run.optimizer.param_groups[0]
+        rows["lr"].append(float(group["lr"]))
+        rows["momentum"].append(group_momentum(group))
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        if run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if run.steps is not None:
+            _compiled_train_step(run.steps, run.model, run.loss_fn, run.optimizer, x, y, amp, losses, n)
+        else:
+            losses[n] = train_step(run.model, run.loss_fn, run.optimizer, x, y, amp)[0]
+        run.scheduler.step()
+        n += 1
+        if run.bar is not None:
+            run.bar.update(1)
+            if run.device.type == "cpu" and n % max(1, steps_per_epoch // 4) == 0:
+                run.bar.set_postfix(epoch=epoch, loss=f"{losses[n - 1].item():.3f}", lr=f"{rows['lr'][-1]:.3g}")
+    if n != steps_per_epoch:
+        raise ValueError(f"the loader yielded {n} batches but len() says {steps_per_epoch} "
+                         f"(epoch {epoch}); fit needs a loader whose len() is its number of batches")
+    _synchronize(run.device)
+    seconds = time.perf_counter() - start
+    return losses.tolist(), seconds
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -33,8 +33,8 @@ class FakePapermill:
         Path(out).mkdir(parents=True, exist_ok=True)
         notebook = Path(input_path).stem
         (Path(out) / "summary_rows.csv").write_text(
-            "experiment,metric,value,post_value,n_seeds,std\n"
-            f"{notebook} [synthetic data],final test accuracy (%),42.0,93.53,1,\n")
+            "experiment,metric,value,std,ci95,n_seeds,post_value\n"
+            f"{notebook} [synthetic data],final test accuracy (%),42.0,,,1,93.53\n")
         return {}
 
 

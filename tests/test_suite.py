@@ -221,6 +221,30 @@ def test_record_keeps_one_row_per_experiment_and_metric(smoke_experiment):
     assert len(saved) == 2 and saved["value"].tolist() == [50.0, 4.0] and math.isnan(saved["std"][0])
 
 
+def test_record_gives_the_confidence_interval_and_compare_a_verdict(smoke_experiment):
+    exp = smoke_experiment
+    row = exp.record("1cycle", "acc", [93.1, 93.5, 93.3])
+    assert row["ci95"] == pytest.approx(4.303 * 0.2 / math.sqrt(3))
+    same = exp.compare("cyclical", [93.5, 93.6, 93.4], "constant", [93.4, 93.3, 93.5], post_difference=0.14)
+    assert same["verdict"] == "within noise" and same["test"].startswith("Welch")
+    real = exp.compare("70 epochs", [93.0, 93.1, 92.9], "50 epochs", [92.3, 92.2, 92.4])
+    assert real["verdict"] == "real at 95%" and real["difference"] == pytest.approx(0.7)
+    single = exp.compare("fp32", [93.0], "bf16", [92.9])
+    assert single["verdict"] == "one run each: no test"
+    saved = pd.read_csv(exp.out / "comparison_rows.csv")
+    assert list(saved.columns) == suite.COMPARISON_COLUMNS and len(saved) == 3
+
+
+def test_save_figure_keeps_its_caption_for_the_gallery(smoke_experiment):
+    import json
+    import matplotlib.pyplot as plt
+    exp = smoke_experiment
+    fig, _ = plt.subplots()
+    exp.save_figure(fig, "curve", "what to see in it")
+    assert (exp.out / "curve.png").is_file() and (exp.out / "curve.svg").is_file()
+    assert json.loads((exp.out / "figures.json").read_text()) == [{"name": "curve", "caption": "what to see in it"}]
+
+
 def test_experiment_specs_carry_the_notebooks_settings(smoke_experiment):
     exp = smoke_experiment
     spec = exp.train_spec(ScheduleSpec.make("one_cycle", max_lr=0.5), 2, seed=1)
@@ -246,12 +270,16 @@ def test_save_figure_labels_synthetic_data(smoke_experiment):
 def test_write_summary_gathers_the_notebooks_rows(tmp_path):
     for name, value in (("01_lr_finder", 8.0), ("03_one_cycle", 93.0)):
         (tmp_path / name).mkdir()
-        pd.DataFrame([dict(experiment=name, metric="m", value=value, post_value=None, n_seeds=1,
-                           std=float("nan"))]).to_csv(tmp_path / name / "summary_rows.csv", index=False)
+        pd.DataFrame([dict(experiment=name, metric="m", value=value, std=float("nan"), ci95=float("nan"),
+                           n_seeds=1, post_value=None)]).to_csv(tmp_path / name / "summary_rows.csv", index=False)
+    (tmp_path / "03_one_cycle" / "figures.json").write_text('[{"name": "losses", "caption": "what to see"}]')
     table = suite.write_summary(tmp_path)
     assert list(table["value"]) == [8.0, 93.0]
     md = (tmp_path / "summary.md").read_text()
-    assert "| 03_one_cycle | m | 93 |  | 1 |  |" in md
+    assert "| 03_one_cycle | m | 93 |  |  | 1 |  |" in md
+    gallery = (tmp_path / "README.md").read_text()
+    assert "| 03_one_cycle | m | 93 |" in gallery and "**losses**: what to see" in gallery
+    assert "![losses](03_one_cycle/losses.png)" in gallery
     assert pd.read_csv(tmp_path / "summary.csv")["experiment"].tolist() == ["01_lr_finder", "03_one_cycle"]
 
 

@@ -169,3 +169,207 @@ def test_divergence_stops_at_the_end_of_the_epoch(loaders):
         history = fit(model, train, 3, loss_fn=nan_loss, device="cpu", progress=False)
     assert len(history) == len(train)  # only the first epoch ran
     assert len(epoch_table(history)) == 1
+
+
+# --- precision, channels-last and compile settings ---------------------------------------------
+
+from clrlib import train as T  # noqa: E402
+
+
+def test_cpu_flags_reads_a_cpuinfo_file(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n\nprocessor\t: 1\n"
+                    "flags\t\t: fpu sse2 avx512f avx512_bf16\n")
+    assert T.cpu_flags(str(info)) == {"fpu", "sse2", "avx512f", "avx512_bf16"}
+    assert T.cpu_flags(str(tmp_path / "missing")) == set()
+    assert isinstance(T.cpu_has_native_bf16(), bool)
+
+
+def test_bf16_by_default_only_where_it_was_measured_to_pay(monkeypatch):
+    T.cpu_has_native_bf16.cache_clear()
+    monkeypatch.setattr(T.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    cases = [({"avx512_bf16"}, "AuthenticAMD", True), ({"avx512_bf16"}, "GenuineIntel", False),
+             ({"avx512_bf16", "amx_bf16"}, "GenuineIntel", True), ({"avx2"}, "AuthenticAMD", False)]
+    try:
+        for flags, vendor, want in cases:
+            monkeypatch.setattr(T, "cpu_flags", lambda flags=flags: flags)
+            monkeypatch.setattr(T, "cpu_vendor", lambda vendor=vendor: vendor)
+            T.cpu_has_native_bf16.cache_clear()
+            assert T.cpu_has_native_bf16() is want, (flags, vendor)
+    finally:
+        T.cpu_has_native_bf16.cache_clear()
+
+
+def test_default_precision(monkeypatch):
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)
+    assert T.default_precision("cpu") == "bf16"
+    assert T.default_channels_last("cpu", "bf16") and T.default_channels_last("cpu", "fp32")
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)
+    assert T.default_precision("cpu") == "fp32"
+    assert T.default_precision("mps") == "fp32"
+    monkeypatch.setattr(T, "_cuda_has_native_bf16", lambda: True)
+    assert T.default_precision("cuda") == "bf16" and T.default_channels_last("cuda", "fp32")
+
+
+def test_resolve_precision(monkeypatch):
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)
+    assert T.resolve_precision(None, "cpu") == T.resolve_precision("auto", "cpu") == "fp32"
+    assert T.resolve_precision("bf16", "cpu") == "bf16"
+    for bad in ("fp16", "BF16", 16):
+        with pytest.raises(ValueError, match="precision") as info:
+            T.resolve_precision(bad, "cpu")
+        assert repr(bad) in str(info.value)
+
+
+def test_amp_is_an_alias_of_precision():
+    cpu = torch.device("cpu")
+    assert T._precision_and_amp(None, True, cpu) == T._precision_and_amp("bf16", True, cpu) == "bf16"
+    assert T._precision_and_amp("auto", False, cpu) == "fp32"
+    with pytest.raises(ValueError, match="contradicts") as info:
+        T._precision_and_amp("fp32", True, cpu)
+    assert "'fp32'" in str(info.value) and "True" in str(info.value)
+    with pytest.raises(ValueError, match="amp"):
+        T._precision_and_amp(None, "yes", cpu)
+    assert isinstance(T.autocast_for("bf16", "cpu"), torch.autocast)
+    assert not isinstance(T.autocast_for("fp32", "cpu"), torch.autocast)
+
+
+def test_resolve_compile(monkeypatch):
+    assert T.resolve_compile(None, "cpu") is False and T.resolve_compile(False, "cuda") is False
+    assert T.resolve_compile(True, "cpu") == "default"
+    assert T.resolve_compile(True, "cuda") == "reduce-overhead"
+    assert T.resolve_compile("max-autotune", "cpu") == "max-autotune"
+    for bad in ("fast", 1):
+        with pytest.raises(ValueError, match="compile") as info:
+            T.resolve_compile(bad, "cpu")
+        assert repr(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fit_records_its_settings(loaders, precision):
+    train, test = loaders
+    torch.manual_seed(0)
+    model = resnet_cifar(8)
+    history = fit(model, train, 1, test_loader=test, device="cpu", precision=precision, progress=False)
+    assert history.attrs["fit"] == {"precision": precision, "compile": False, "channels_last": True,
+                                    "device": "cpu"}
+    assert T.model_is_channels_last(model)  # channels-last pays on the CPU in fp32 too
+    assert history["loss"].notna().all()
+
+
+def test_fit_default_precision_follows_the_cpu(loaders, monkeypatch):
+    train, _ = loaders
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: native)
+        history = fit(model, train, 1, device="cpu", progress=False)
+        assert history.attrs["fit"]["precision"] == want
+        assert history.attrs["fit"]["channels_last"]
+    assert fit(model, train, 1, device="cpu", amp=False, progress=False).attrs["fit"]["precision"] == "fp32"
+    with pytest.raises(ValueError, match="contradicts"):
+        fit(model, train, 1, device="cpu", amp=True, precision="fp32", progress=False)
+
+
+def test_evaluate_precision_and_layout(one_cycle_run, loaders):
+    _, _, model = one_cycle_run
+    _, test = loaders
+    loss32, acc32 = evaluate(model, test, precision="fp32")
+    loss16, acc16 = evaluate(model, test, precision="bf16", channels_last=True)
+    assert evaluate(model, test, amp=True, channels_last=True) == (loss16, acc16)
+    assert loss16 == pytest.approx(loss32, rel=0.05)
+    assert abs(acc16 - acc32) <= 0.05
+    with pytest.raises(ValueError, match="precision"):
+        evaluate(model, test, precision="half")
+
+
+# --- loaders that lie about their length ------------------------------------------------------
+
+class _ShortLoader:
+    """Says it has ``length`` batches but yields only ``actual``."""
+
+    def __init__(self, loader, length, actual):
+        self.loader, self.length, self.actual = loader, length, actual
+
+    def __len__(self):
+        return self.length
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i == self.actual:
+                return
+            yield batch
+
+
+@pytest.mark.parametrize("actual", [0, 3])
+def test_loader_shorter_than_its_len(loaders, actual):
+    train, _ = loaders
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    short = _ShortLoader(train, len(train), actual)
+    with pytest.raises(ValueError, match=rf"the loader yielded {actual} batches but len\(\) says {len(train)}"):
+        fit(model, short, 2, device="cpu", progress=True)
+
+
+def test_evaluate_on_an_empty_loader_with_compile_settings(one_cycle_run):
+    _, _, model = one_cycle_run
+    model.train()
+    with pytest.raises(ValueError, match="no batches"):
+        evaluate(model, [], precision="fp32")
+    assert model.training
+
+
+# --- the CUDA-graph bookkeeping, emulated on the CPU ------------------------------------------
+
+class _GraphLike:
+    """Emulates a CUDA graph's static outputs: each call first poisons (NaN) what the previous
+    call returned, as the next replay would overwrite it. Counts calls."""
+
+    def __init__(self, fn):
+        self.fn, self.previous, self.calls = fn, (), 0
+
+    def __call__(self, *args):
+        with torch.no_grad():
+            for t in self.previous:
+                t.detach().fill_(math.nan if t.is_floating_point() else -10**6)
+        out = self.fn(*args)
+        self.calls += 1
+        self.previous = out if isinstance(out, tuple) else (out,)
+        return out
+
+
+def test_cudagraph_outputs_are_copied_before_the_next_replay(monkeypatch):
+    x, y, xt, yt = synthetic_cifar10(128, 80, seed=0)
+    fake = T.CompiledSteps(train=_GraphLike(T._train_forward), evaluate=_GraphLike(T._eval_forward),
+                           mode="reduce-overhead", cudagraphs=True)
+    monkeypatch.setattr(T, "compiled_steps", lambda *args: fake)
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+
+    def run(compile):  # fresh loaders: the same batches
+        train = CifarLoader(x, y, batch_size=BATCH, device="cpu", seed=0)
+        test = CifarLoader(xt, yt, batch_size=BATCH, train=False, device="cpu")  # 64 + 16 images
+        seed_everything(0)
+        model = resnet_cifar(8)
+        return fit(model, train, 2, test_loader=test, device="cpu", precision="fp32", compile=compile,
+                   lr=0.05, progress=False)
+
+    graphed, eager = run("reduce-overhead"), run(False)
+    steps, evals = 2 * 128 // BATCH, 2 * 2
+    assert fake.train.calls == steps and fake.evaluate.calls == evals
+    assert len(marks) == steps + evals  # one mark per replay
+    assert graphed.attrs["fit"]["compile"] == "reduce-overhead"
+    assert graphed["loss"].notna().all()
+    assert graphed["loss"].tolist() == eager["loss"].tolist()
+    assert epoch_table(graphed)["test_loss"].tolist() == epoch_table(eager)["test_loss"].tolist()
+
+
+def test_fit_evaluates_without_autograd(loaders):
+    train, test = loaders
+    grad_modes = []
+
+    def loss_fn(out, target):
+        grad_modes.append(torch.is_grad_enabled())
+        return F.cross_entropy(out, target)
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    fit(model, train, 1, loss_fn=loss_fn, test_loader=test, device="cpu", progress=False)
+    assert grad_modes == [True] * len(train) + [False] * len(test)
