@@ -74,9 +74,12 @@ def find_data(data: str | None) -> str | None:
         return None
 
 
-def _settings_hash(settings: dict) -> str:
+def _settings_hash(name: str, settings: dict) -> str:
+    """A hash of a notebook's settings and of its code: a change to either re-executes it
+    (its runs still come from the store)."""
     kept = {k: v for k, v in settings.items() if k not in _NOT_SETTINGS}
-    return hashlib.sha256(json.dumps(jsonable(kept), sort_keys=True).encode()).hexdigest()[:16]
+    code = (NOTEBOOK_DIR / f"{name}.ipynb").read_bytes()
+    return hashlib.sha256(json.dumps(jsonable(kept), sort_keys=True).encode() + code).hexdigest()[:16]
 
 
 def _check_out(out: str | os.PathLike, base: Path) -> None:
@@ -100,7 +103,7 @@ def _prepare_out(out: str | os.PathLike, profile: str) -> Path:
 def _execute(name: str, settings: dict, base: Path) -> float:
     """Run one notebook with papermill; the executed notebook appears whole or not at all."""
     import papermill
-    executed, partial = base / f"{name}.ipynb", base / f".{name}.ipynb.partial"
+    executed, partial = base / f"{name}.ipynb", base / f".{name}.partial.ipynb"
     start = time.time()
     try:
         papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(partial), parameters=settings,
@@ -146,7 +149,7 @@ def run_notebooks(names: Sequence[str] = (), profile: str = "auto", data: str | 
         settings = {**apply_profile(name, profile), "out_dir": str(base / name), "redo": redo,
                     "data_root": data_root}
         done, executed = base / name / "completed.json", base / f"{name}.ipynb"
-        digest = _settings_hash(settings)
+        digest = _settings_hash(name, settings)
         if not redo and executed.exists() and done.exists() and json.loads(done.read_text()).get("settings") == digest:
             log(f"{name} ({profile}): done earlier with these settings, skipped")
         else:

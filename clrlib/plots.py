@@ -233,7 +233,8 @@ def plot_epoch_curves(runs: Mapping[str, Sequence[pd.DataFrame]], column: str = 
         if len(hists) > 1:
             ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(column.replace("_", " ") + (" (%)" if scale == 100 else ""))
+    names = {"test_acc": "test accuracy", "test_loss": "validation loss", "train_loss": "training loss"}
+    ax.set_ylabel(names.get(column, column) + (" (%)" if scale == 100 else ""))
     ax.legend(fontsize="small")
     return ax
 

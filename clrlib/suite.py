@@ -33,6 +33,7 @@ from .provenance import REPO_ROOT, git_commit, machine_info
 from .runs import Lab
 from .specs import DataSpec, FinderSpec, ModelSpec, ScheduleSpec, TrainSpec
 from .store import atomic_write_text, jsonable
+from .train import resolve_precision
 
 __all__ = ["NOTEBOOKS", "PROFILES", "ORDER", "ProfileError", "notebook_parameters", "load_profile",
            "apply_profile", "start", "Experiment", "SUMMARY_COLUMNS", "COMPARISON_COLUMNS", "write_summary"]
@@ -219,9 +220,10 @@ class Experiment:
 
     def _common(self, overrides: dict) -> dict:
         p = self.params
+        precision = resolve_precision(p.get("precision", "auto"), self.lab.device)  # specs show what runs
         common = dict(model=self.model, data=self.data, batch_size=p.get("batch_size", 512),
                       weight_decay=p.get("weight_decay", 1e-4), drop_last=p.get("drop_last", False),
-                      precision=p.get("precision", "auto"))
+                      precision=precision)
         return {**common, **overrides}
 
     def train_spec(self, schedule: ScheduleSpec, epochs: int, seed: int = 0, **overrides) -> TrainSpec:

@@ -176,6 +176,17 @@ def test_a_notebook_done_with_the_same_settings_is_skipped(capsys, tmp_path, fak
     code, out, _ = run(capsys, *args)
     assert code == 0 and len(fake_papermill.calls) == 5
     assert fake_papermill.calls[-1]["epochs"] == 3 and "04_super_convergence (smoke): done earlier" in out
+    # a notebook whose code changed runs again too (its runs would come from the store)
+    notebooks = tmp_path / "notebooks"
+    shutil.copytree(cli.NOTEBOOK_DIR, notebooks)
+    nb = json.loads((notebooks / "04_super_convergence.ipynb").read_text())
+    nb["cells"][-1]["source"].append("\nassert True")
+    (notebooks / "04_super_convergence.ipynb").write_text(json.dumps(nb))
+    monkeypatch.setattr(cli, "NOTEBOOK_DIR", notebooks)
+    monkeypatch.setattr(suite, "NOTEBOOK_DIR", notebooks)
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and len(fake_papermill.calls) == 6
+    assert "03_one_cycle (smoke): done earlier" in out and "04_super_convergence (smoke) ..." in out
 
 
 def test_a_failing_notebook_leaves_only_its_partial_notebook(capsys, tmp_path, fake_papermill, monkeypatch):
@@ -187,10 +198,10 @@ def test_a_failing_notebook_leaves_only_its_partial_notebook(capsys, tmp_path, f
     code, out, err = run(capsys, *args, "--redo")
     assert code == 2
     assert "notebook 03_one_cycle failed in cell 5: ZeroDivisionError: division by zero" in err
-    assert ".03_one_cycle.ipynb.partial" in err
+    assert ".03_one_cycle.partial.ipynb" in err
     assert not (base / "03_one_cycle" / "completed.json").exists()
     assert not (base / "03_one_cycle.ipynb").exists()
-    assert (base / ".03_one_cycle.ipynb.partial").is_file()
+    assert (base / ".03_one_cycle.partial.ipynb").is_file()
     # fixed: the next run executes it again
     fake_papermill.fail = None
     assert run(capsys, *args)[0] == 0 and len(fake_papermill.calls) == 3
@@ -224,3 +235,11 @@ def test_run_notebooks_can_execute_several_at_once(tmp_path, fake_papermill):
         assert (tmp_path / "smoke" / name / "completed.json").is_file()
     with pytest.raises(cli.RunnerError, match="--jobs"):
         cli.run_notebooks(["03"], "smoke", out=tmp_path, jobs=0)
+
+
+def test_use_executor_sets_what_the_kernels_read(monkeypatch):
+    monkeypatch.delenv("CLRLIB_EXECUTOR", raising=False)
+    cli.use_executor("local")
+    import os
+    assert os.environ["CLRLIB_EXECUTOR"] == "local"
+    monkeypatch.setenv("CLRLIB_EXECUTOR", "local")  # restored by monkeypatch after the test

@@ -55,10 +55,14 @@ def test_the_smoke_profile_is_small_and_synthetic():
     assert s["dataset"] == "synthetic" and s["depth"] == 8 and s["device"] == "cpu" and s["epochs"] == 4
 
 
-def test_the_full_profile_changes_nothing_but_its_name():
+def test_the_full_profile_keeps_the_posts_settings_and_adds_only_seeds():
     for notebook in suite.NOTEBOOKS:
-        assert suite.load_profile("full", notebook) == {"profile": "full"}
-        assert suite.apply_profile(notebook, "full") == {**suite.notebook_parameters(notebook), "profile": "full"}
+        settings = suite.load_profile("full", notebook)
+        assert set(settings) <= {"profile", "seeds"}, settings
+        assert settings.get("seeds", [0]) in ([0], [0, 1, 2])
+        assert suite.apply_profile(notebook, "full") == {**suite.notebook_parameters(notebook), **settings}
+    for headline in ("03_one_cycle", "04_super_convergence", "05_momentum"):
+        assert len(suite.load_profile("full", headline)["seeds"]) >= 3
 
 
 def test_bad_names_and_profiles_are_named_in_the_error():
@@ -287,3 +291,17 @@ def test_write_summary_of_nothing_is_an_empty_table(tmp_path):
     table = suite.write_summary(tmp_path)
     assert len(table) == 0 and list(table.columns) == suite.SUMMARY_COLUMNS
     assert (tmp_path / "summary.md").is_file()
+
+
+def test_the_executor_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("CLRLIB_EXECUTOR", raising=False)
+    assert suite.executor_from_environment() is None
+    monkeypatch.setenv("CLRLIB_EXECUTOR", "cluster")
+    with pytest.raises(ProfileError, match="'cluster'"):
+        suite.executor_from_environment()
+    pytest.importorskip("ray")
+    monkeypatch.setenv("CLRLIB_EXECUTOR", "ray")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    from clrlib.ray_executor import RayExecutor
+    executor = suite.executor_from_environment()  # connects only when it first runs something
+    assert isinstance(executor, RayExecutor) and executor.address == "127.0.0.1:6379"
