@@ -43,9 +43,15 @@ from clrlib.data import CifarLoader
 from clrlib.models import resnet_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
-# Training epochs of the full profile's notebook suite, all runs together (LR finders excluded):
-# the figure to multiply a full epoch's time by. Pass --total-epochs to use another.
-FULL_PROFILE_EPOCHS = 890
+
+
+def full_profile_epochs() -> int:
+    """Training epochs of the full profile as its notebooks build them (seeds included)."""
+    from clrlib.doctor import profile_epochs
+    return profile_epochs("full")
+
+
+FULL_PROFILE_EPOCHS = full_profile_epochs()
 FULL_EPOCH_IMAGES = 50_000  # CIFAR-10's training set, the full profile's epoch
 MODES = {"eager": False, "compiled": "default", "cudagraphs": "reduce-overhead"}
 CPU_DEFAULTS = {"depth": 20, "images": 2048, "batch": 256, "epochs": 3}
