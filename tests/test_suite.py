@@ -189,6 +189,7 @@ def test_start_with_a_bad_profile_in_the_environment_names_it(tmp_path, monkeypa
 
 def test_start_without_a_profile_runs_the_full_settings(monkeypatch):
     monkeypatch.delenv("CLRLIB_PROFILE", raising=False)
+    monkeypatch.delenv("CLRLIB_OUT", raising=False)  # make test sets both for nbval
     seen = {}
     monkeypatch.setattr(suite, "Experiment", lambda notebook, params: seen.update(params) or "exp")
     assert suite.start("03_one_cycle", namespace()) == "exp"
