@@ -424,14 +424,15 @@ def lr_find(model: nn.Module, loss_fn: Callable, batches: Iterable, optimizer: t
     try:
         if not model.training:  # a model already training keeps its own per-layer settings
             model.train()
-        _run(result, model, loss_fn, _repeat(batches), optimizer, val_batches, amp)
+        # the precision recorded is the one used, for the training steps and any held-out loss alike
+        _run(result, model, loss_fn, _repeat(batches), optimizer, val_batches, in_effect)
     finally:
         restore(model, optimizer, saved)
     return result
 
 
 def _run(result: FinderResult, model: nn.Module, loss_fn: Callable, batches: Iterator,
-         optimizer: torch.optim.Optimizer, val_batches: Iterable | None, amp: bool | None) -> None:
+         optimizer: torch.optim.Optimizer, val_batches: Iterable | None, amp: bool) -> None:
     """The range test's loop, filling ``result`` (whose settings hold the other arguments)."""
     s = result.settings
     device = model_device(model)

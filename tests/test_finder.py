@@ -618,3 +618,25 @@ def test_precision_maps_onto_amp_and_is_recorded(precision, amp, dtype, recorded
 def test_bad_or_conflicting_precision_raises(precision, amp, match):
     with pytest.raises(ValueError, match=re.escape(match)):
         _dtype_seen(precision, amp)
+
+
+def test_held_out_losses_use_the_recorded_precision(monkeypatch):
+    """evaluate() on its own follows the CPU's default precision; inside the range test it must
+    use the test's own (recorded) one, like the training steps."""
+    from clrlib import finder as finder_module
+    from clrlib import train as T
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)  # a CPU whose default would be bf16
+    seen = []
+
+    def spy(model, batches, loss_fn=None, amp=None, **kwargs):
+        seen.append(amp)
+        return T.evaluate(model, batches, loss_fn, amp, **kwargs)
+
+    monkeypatch.setattr(finder_module, "evaluate", spy)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.randn(16, 4), torch.randn(16, 1)) for _ in range(4)]
+    result = lr_find(model, torch.nn.functional.mse_loss, batches, opt, start_lr=1e-4, end_lr=1e-2,
+                     num_it=5, val_batches=batches[:1])
+    assert result.settings["precision"] == "fp32" and seen and all(a is False for a in seen)
