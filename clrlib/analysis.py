@@ -136,19 +136,40 @@ def momentum_variants(cyclical: Sequence[float], constants: Sequence[float]) -> 
     return variants
 
 
-def largest_weight_decay_at_high_lr(by_weight_decay: Mapping[float, object], within: float = 2.0) -> float:
-    """Smith's rule as the post applies it: the largest weight decay that still trains at a high LR.
+def largest_weight_decay_at_high_lr(by_weight_decay: Mapping[float, object], within: float = 2.0,
+                                    read: str = "bottom_end") -> float:
+    """Smith's rule as the post relays it: of a few weight decays, keep the largest that still
+    lets training reach a high maximum learning rate.
 
-    "High" is a blow-up LR (:attr:`FinderResult.blowup_lr`) within a factor ``within`` of the
-    highest blow-up LR of the sweep.
+    Each range test's highest workable LR is read off its curve, and "high" means within a
+    factor ``within`` of the best of the sweep.
 
     Args:
         by_weight_decay: ``{weight_decay: FinderResult}`` of range tests that differ only in it.
-        within: how far below the best blow-up LR still counts as high.
+        within: how far below the sweep's best reading still counts as high (>= 1).
+        read: ``"bottom_end"`` (default): the highest LR at which the smoothed loss is still
+            near its minimum (:meth:`FinderResult.bottom_end_lr`, tolerance 0.1), robust to
+            where noise puts the minimum on a flat bottom; ``"min_loss"``: the LR of the
+            lowest smoothed loss (:attr:`FinderResult.min_loss_lr`); ``"blowup"``: the LR at
+            which the test blew up (:attr:`FinderResult.blowup_lr`), which moves least with
+            the weight decay. Tests with no point to read are left out (with ``"blowup"``, a
+            test that stopped at once still counts).
+
+    Raises:
+        ValueError: for no tests, ``within < 1``, an unknown ``read``, or no test to read.
     """
+    readers = {"bottom_end": lambda r: r.bottom_end_lr() if len(r) else None,
+               "min_loss": lambda r: r.min_loss_lr if len(r) else None,
+               "blowup": lambda r: r.blowup_lr if (len(r) or r.stopped) else None}
+    if read not in readers:
+        raise ValueError(f"read must be one of {sorted(readers)}, got {read!r}")
     if not by_weight_decay:
         raise ValueError("largest_weight_decay_at_high_lr got no range tests")
-    if not within >= 1:
+    if not (isinstance(within, (int, float)) and within >= 1):
         raise ValueError(f"within must be >= 1, got {within!r}")
-    best = max(r.blowup_lr for r in by_weight_decay.values())
-    return max(wd for wd, r in by_weight_decay.items() if r.blowup_lr * within >= best)
+    lrs = {wd: readers[read](r) for wd, r in by_weight_decay.items()}
+    lrs = {wd: lr for wd, lr in lrs.items() if lr is not None}
+    if not lrs:
+        raise ValueError(f"none of the range tests (weight decays {sorted(by_weight_decay)}) kept a point to read")
+    best = max(lrs.values())
+    return max(wd for wd, lr in lrs.items() if lr * within >= best)

@@ -39,16 +39,19 @@ class Check:
 def profile_epochs(profile: str) -> int:
     """Training epochs in ``profile`` (seeds included), from its notebooks' settings.
 
-    A projection: it mirrors the specs each notebook builds (05's cyclical runs are 03's and 04's).
+    A projection: it mirrors the specs each notebook builds (05's cyclical runs are 03's and 04's;
+    07's hand-picked runs at the main depth are 03's or 04's, counted once there). Epochs of
+    deeper or shallower networks (07's ``other_depths``) count as epochs of the main one.
     """
     from .suite import apply_profile
     p = {n: apply_profile(n, profile) for n in ("02_cyclical_lr", "03_one_cycle", "04_super_convergence",
-                                                "05_momentum")}
-    nb2, nb3, nb4, nb5 = p.values()
+                                                "05_momentum", "07_auto_recipe")}
+    nb2, nb3, nb4, nb5, nb7 = p.values()
     total = 3 * nb2["epochs"] * len(nb2["seeds"])
     total += nb3["epochs"] * (len(nb3["seeds"]) + bool(nb3["fp32_control"]) + len(nb3["init_controls"]))
     total += (sum(nb4["sc_epochs"]) + nb4["short_epochs"]) * len(nb4["seeds"])
     total += sum(s[3] for s in nb5["settings"]) * len(nb5["constant_moms"]) * len(nb5["seeds"])
+    total += nb7["epochs"] * (len(nb7["seeds"]) + 2 * len(nb7["other_depths"]))
     return total
 
 

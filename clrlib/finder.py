@@ -120,6 +120,34 @@ class FinderResult:
         self._require(1)
         return self.lrs[min(range(len(self.losses)), key=self.losses.__getitem__)]
 
+    def bottom_end_lr(self, tolerance: float = 0.1) -> float:
+        """The highest LR that still trains about as well as the best: going right from the
+        minimum of the smoothed loss, the last LR before the loss rises more than ``tolerance``
+        times the curve's descent (its first loss minus its minimum) above the minimum.
+
+        The minimum itself is a poor mark on a flat-bottomed curve: on the quick sweep's
+        curves (ResNet-20, 10k CIFAR-10 images) the smoothed loss stays within 2% of its
+        minimum from LR 0.5 to 4, so noise decides where in that stretch the minimum falls.
+        The end of the bottom sits where the curve turns up steeply and moves little with
+        noise; it is what "still trains at a high LR" means when weight decays are compared
+        (:func:`clrlib.analysis.largest_weight_decay_at_high_lr`).
+
+        Args:
+            tolerance: the fraction of the descent that still counts as the bottom (0 to 1).
+
+        Raises:
+            ValueError: for a tolerance outside [0, 1], or an empty curve.
+        """
+        if not (isinstance(tolerance, (int, float)) and 0 <= tolerance <= 1):
+            raise ValueError(f"tolerance must be a number in [0, 1], got {tolerance!r}")
+        self._require(1)
+        low = min(range(len(self.losses)), key=self.losses.__getitem__)
+        bar = self.losses[low] + tolerance * max(self.losses[0] - self.losses[low], 0.0)
+        end = low
+        while end + 1 < len(self.losses) and self.losses[end + 1] <= bar:
+            end += 1
+        return self.lrs[end]
+
     def loss_at(self, lr: float) -> float:
         """The smoothed loss at the kept point whose LR is nearest ``lr`` on the log axis.
 

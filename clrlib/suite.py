@@ -39,10 +39,10 @@ __all__ = ["NOTEBOOKS", "PROFILES", "ORDER", "ProfileError", "notebook_parameter
            "apply_profile", "start", "Experiment", "SUMMARY_COLUMNS", "COMPARISON_COLUMNS", "write_summary"]
 
 NOTEBOOKS = ("01_lr_finder", "02_cyclical_lr", "03_one_cycle", "04_super_convergence",
-             "05_momentum", "06_weight_decay")
+             "05_momentum", "06_weight_decay", "07_auto_recipe")
 #: The order that gives the most of the post first when time runs short.
 ORDER = ("01_lr_finder", "03_one_cycle", "04_super_convergence", "06_weight_decay", "05_momentum",
-         "02_cyclical_lr")
+         "02_cyclical_lr", "07_auto_recipe")
 PROFILES = ("smoke", "quick", "full")
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"

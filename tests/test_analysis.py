@@ -144,6 +144,26 @@ def test_a_range_test_that_never_blew_up_counts_its_last_lr():
     assert analysis.largest_weight_decay_at_high_lr({1e-4: result(10.0), 1e-3: result(20.0, False)}) == 1e-3
 
 
+def test_the_weight_decay_rule_reads_the_end_of_the_bottom_by_default():
+    lrs = [0.1 * 1.25 ** k for k in range(30)]
+    flat = [2.3 - 0.3 * min(k, 10) / 10 for k in range(30)]           # flat from LR 0.93 on
+    early = FinderResult(lrs, flat[:20] + [3.0] * 10, stop_lr=None)   # bottom ends at lrs[19]
+    late = FinderResult(lrs, flat[:28] + [3.0] * 2, stop_lr=None)     # bottom ends at lrs[27]
+    early.losses[18] -= 0.001                                         # noise: its minimum moves right
+    assert late.min_loss_lr < early.min_loss_lr < early.bottom_end_lr() < late.bottom_end_lr()
+    assert (early.bottom_end_lr(), late.bottom_end_lr()) == (lrs[19], lrs[27])
+    sweep = {1e-2: early, 1e-4: late}
+    assert analysis.largest_weight_decay_at_high_lr(sweep, within=1.5) == 1e-4
+    assert analysis.largest_weight_decay_at_high_lr(sweep, within=1.5, read="min_loss") == 1e-2
+    assert analysis.largest_weight_decay_at_high_lr(sweep, within=1.5, read="blowup") == 1e-2  # both ran out
+    with pytest.raises(ValueError, match="read must be one of.*'lowest'"):
+        analysis.largest_weight_decay_at_high_lr(sweep, read="lowest")
+    empty = FinderResult([], [], stop_lr=None)
+    assert analysis.largest_weight_decay_at_high_lr({1e-2: empty, 1e-4: early}) == 1e-4  # left out
+    with pytest.raises(ValueError, match="none of the range tests"):
+        analysis.largest_weight_decay_at_high_lr({1e-2: empty})
+
+
 def test_largest_weight_decay_refuses_bad_input():
     with pytest.raises(ValueError, match="no range tests"):
         analysis.largest_weight_decay_at_high_lr({})

@@ -517,6 +517,25 @@ def test_min_loss_lr_and_one_cycle_rule():
             res.cyclic_max_lr(divisor=bad)
 
 
+def test_bottom_end_lr_is_the_last_lr_near_the_minimum():
+    lrs = [10.0 ** (k / 4 - 3) for k in range(13)]
+    losses = [2.3, 2.2, 2.0, 1.7, 1.5, 1.4, 1.3, 1.3, 1.35, 1.5, 2.0, 3.0, 5.0]  # descent 1.0
+    res = FinderResult(lrs=lrs, losses=losses, stop_lr=10.0)
+    assert res.bottom_end_lr() == lrs[8]                # 1.35 is within 0.1 x 1.0 of 1.3; 1.5 is not
+    assert res.bottom_end_lr(tolerance=0.04) == lrs[7]
+    assert res.bottom_end_lr(tolerance=0.2) == lrs[9]
+    assert res.bottom_end_lr(tolerance=0.0) == lrs[7]   # the tie with the minimum
+    dip = FinderResult(lrs=lrs, losses=losses[:10] + [1.32, 3.0, 5.0])  # a dip after a climb: not the bottom
+    assert dip.bottom_end_lr(tolerance=0.05) == lrs[8]
+    rising = FinderResult(lrs=lrs[:3], losses=[1.0, 1.5, 3.0])
+    assert rising.bottom_end_lr() == lrs[0]
+    for bad in (-0.1, 1.5, "0.1", None):
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            res.bottom_end_lr(tolerance=bad)
+    with pytest.raises(ValueError, match="0 points"):
+        FinderResult().bottom_end_lr()
+
+
 def test_one_cycle_rule_warns_when_the_loss_only_rises():
     res = FinderResult(lrs=[0.1, 1.0, 10.0], losses=[1.0, 1.5, 3.0], raw_losses=[1.0, 1.5, 3.0])
     with pytest.warns(RuntimeWarning, match="smaller start_lr"):
