@@ -206,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
                      "(default: $CLRLIB_DATA, else ~/.cache/clrlib)")
     run.add_argument("--out", default="results", help="results folder, anywhere (default: results)")
     run.add_argument("--redo", action="store_true", help="rerun notebooks and runs whose results exist")
-    run.add_argument("--order", default=None, help="notebook order, e.g. 03,04 (default: 01,03,04,06,05,02)")
+    run.add_argument("--order", default=None, help="notebook order, e.g. 03,04 (default: 01,03,04,06,05,02,07)")
     run.add_argument("--executor", default="local", choices=("local", "ray"),
                      help="local: runs one after another here; ray: each run a task on a Ray cluster")
     run.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a "

@@ -189,8 +189,9 @@ class Plan:
         return pd.DataFrame(rows)
 
     def plot(self, ax=None, **kwargs):
-        """The range tests overlaid (log LR axis), the chosen max LR starred on the chosen
-        curve and the cycle's LR range shaded; returns the axes.
+        """The range tests overlaid (log LR axis), each readable curve's end of the bottom
+        marked (rule 1's reading), the chosen max LR starred on the chosen curve and the
+        cycle's LR range shaded; returns the axes.
 
         Args:
             ax: axes to draw on (default: a new figure).
@@ -203,9 +204,17 @@ class Plan:
         chosen = self.curves[self.weight_decay]
         color = next((ln.get_color() for ln in ax.get_lines() if ln.get_label() == labels[self.weight_decay]),
                      "k")
+        colors = {ln.get_label(): ln.get_color() for ln in ax.get_lines()}
         for line in ax.get_lines():
             if line.get_label() == labels[self.weight_decay]:
                 line.set_linewidth(2.5)
+        marked = False
+        for wd, curve in self.curves.items():  # rule 1's reading on every readable curve
+            if len(curve) >= self.rules.get("min_points", 8) and curve.min_loss_lr != curve.lrs[0]:
+                end = curve.bottom_end_lr()
+                ax.plot([end], [curve.loss_at(end)], "v", color=colors.get(labels[wd], "k"), ms=8, mec="k",
+                        label="_nolegend_" if marked else "end of the bottom (rule 1)")
+                marked = True
         ax.axvspan(self.low_lr, self.max_lr, color=color, alpha=0.12,
                    label=f"cycle: {self.low_lr:.3g} to {self.max_lr:.3g}")
         ax.plot([self.max_lr], [chosen.loss_at(self.max_lr)], "*", color=color, ms=15, mec="k",

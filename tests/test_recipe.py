@@ -266,6 +266,9 @@ def test_plot_overlays_the_curves_and_stars_the_choice(no_show):
     assert "wd 0.001 (chosen)" in labels and "wd 1e-05" in labels
     [star] = [line for line in ax.get_lines() if line.get_marker() == "*"]
     assert star.get_xdata()[0] == pytest.approx(plan.max_lr)
+    ends = [line for line in ax.get_lines() if line.get_marker() == "v"]  # rule 1's reading, one per curve
+    assert sorted(e.get_xdata()[0] for e in ends) == sorted(c.bottom_end_lr() for c in plan.curves.values())
+    assert "end of the bottom (rule 1)" in [t.get_text() for t in ax.get_legend().get_texts()]
     _, given = plt.subplots()
     assert plan.plot(ax=given) is given
 

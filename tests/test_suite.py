@@ -44,6 +44,17 @@ def test_notebook_defaults_are_the_posts_settings(notebook):
     assert params["out_dir"] is None and params["redo"] is False
 
 
+@pytest.mark.parametrize("notebook", suite.NOTEBOOKS)
+def test_papermill_reads_every_parameter_of_the_notebook(notebook, caplog):
+    """papermill's own parser must see each parameter the suite reads (a line it cannot parse
+    is only a warning, "Passed unknown parameter", when the runner passes that parameter)."""
+    import papermill
+
+    found = papermill.inspect_notebook(str(suite.NOTEBOOK_DIR / f"{notebook}.ipynb"))
+    assert sorted(found) == sorted(suite.notebook_parameters(notebook))
+    assert "Unable to parse" not in caplog.text
+
+
 def test_the_one_cycle_notebook_holds_the_posts_schedule():
     p = suite.notebook_parameters("03_one_cycle")
     assert (p["epochs"], p["max_lr"], p["div"], p["final_div"], p["annihilate"]) == (95, 0.8, 10.0, 100.0, 0.1368)
