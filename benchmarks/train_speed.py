@@ -15,7 +15,7 @@ profile. The table is printed and written, with the torch version, device, date 
 
 Defaults: on CUDA, ResNet-56, all 50,000 images, batch 512, 5 epochs; on the CPU a reduced size
 (ResNet-20, 10,240 images, batch 256, 3 epochs: the quick profile's epoch; at 2,048 images compilation
-looked 1.19x faster on a 2-core CPU, at 10,240 it was 5% slower). Examples::
+looked 1.19x faster on a 2-core CPU, at 10,240 it was no faster). Examples::
 
     python benchmarks/train_speed.py                       # the device's defaults
     python benchmarks/train_speed.py --depth 56 --images 50000 --batch 512 --epochs 4
