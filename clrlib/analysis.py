@@ -165,7 +165,7 @@ def largest_weight_decay_at_high_lr(by_weight_decay: Mapping[float, object], wit
         raise ValueError(f"read must be one of {sorted(readers)}, got {read!r}")
     if not by_weight_decay:
         raise ValueError("largest_weight_decay_at_high_lr got no range tests")
-    if not (isinstance(within, (int, float)) and within >= 1):
+    if isinstance(within, bool) or not (isinstance(within, (int, float)) and within >= 1):
         raise ValueError(f"within must be >= 1, got {within!r}")
     lrs = {wd: readers[read](r) for wd, r in by_weight_decay.items()}
     lrs = {wd: lr for wd, lr in lrs.items() if lr is not None}

@@ -117,8 +117,12 @@ class FinderResult:
     @property
     def min_loss_lr(self) -> float:
         """The LR at which the smoothed loss was lowest (the first such, on a tie)."""
+        return self.lrs[self._min_index()]
+
+    def _min_index(self) -> int:
+        """Index of the lowest smoothed loss (the first such, on a tie)."""
         self._require(1)
-        return self.lrs[min(range(len(self.losses)), key=self.losses.__getitem__)]
+        return min(range(len(self.losses)), key=self.losses.__getitem__)
 
     def bottom_end_lr(self, tolerance: float = 0.1) -> float:
         """The highest LR that still trains about as well as the best: going right from the
@@ -138,10 +142,9 @@ class FinderResult:
         Raises:
             ValueError: for a tolerance outside [0, 1], or an empty curve.
         """
-        if not (isinstance(tolerance, (int, float)) and 0 <= tolerance <= 1):
+        if isinstance(tolerance, bool) or not (isinstance(tolerance, (int, float)) and 0 <= tolerance <= 1):
             raise ValueError(f"tolerance must be a number in [0, 1], got {tolerance!r}")
-        self._require(1)
-        low = min(range(len(self.losses)), key=self.losses.__getitem__)
+        low = self._min_index()
         bar = self.losses[low] + tolerance * max(self.losses[0] - self.losses[low], 0.0)
         end = low
         while end + 1 < len(self.losses) and self.losses[end + 1] <= bar:

@@ -176,8 +176,9 @@ class Plan:
 
     def sweep_table(self) -> pd.DataFrame:
         """One row per range test: points kept, whether it stopped, blow-up LR, min-loss LR,
+        the end of its bottom (rule 1's reading; NaN where the curve was left out of rule 1),
         the max LR rule 2 would read off it, and whether it was chosen."""
-        divisor = self.rules.get("divisor", 3.0)
+        divisor, min_points = self.rules.get("divisor", 3.0), self.rules.get("min_points", 8)
         rows = []
         for wd, curve in self.curves.items():
             n = len(curve)
@@ -185,6 +186,7 @@ class Plan:
             rows.append(dict(weight_decay=wd, points=n, stopped=curve.stopped,
                              blowup_lr=curve.blowup_lr if (n or curve.stopped) else math.nan,
                              min_loss_lr=min_lr, min_loss=min(curve.losses) if n else math.nan,
+                             bottom_end_lr=curve.bottom_end_lr() if _readable(curve, min_points) else math.nan,
                              one_cycle_max_lr=min_lr / divisor, chosen=wd == self.weight_decay))
         return pd.DataFrame(rows)
 
@@ -210,7 +212,7 @@ class Plan:
                 line.set_linewidth(2.5)
         marked = False
         for wd, curve in self.curves.items():  # rule 1's reading on every readable curve
-            if len(curve) >= self.rules.get("min_points", 8) and curve.min_loss_lr != curve.lrs[0]:
+            if _readable(curve, self.rules.get("min_points", 8)):
                 end = curve.bottom_end_lr()
                 ax.plot([end], [curve.loss_at(end)], "v", color=colors.get(labels[wd], "k"), ms=8, mec="k",
                         label="_nolegend_" if marked else "end of the bottom (rule 1)")
@@ -426,18 +428,17 @@ def _check_chosen(wd: float, curve: FinderResult, min_points: int) -> None:
     if n < min_points:
         if curve.stopped:
             raise ValueError(
-                f"the range test at weight decay {wd:g} (the largest tested; no curve could be read) kept only {n} point(s) before it "
-                f"blew up at LR {curve.stop_lr:.3g}; at least {min_points} are needed to see a descent. "
+                f"the range test at weight decay {wd:g} (the largest tested; no curve could be read) kept only "
+                f"{n} point(s) before it blew up at LR {curve.stop_lr:.3g}; at least {min_points} are needed to "
+                "see a descent. "
                 f"It started too close to the blow-up: lower start_lr (it was {_start_lr(curve):.3g}), "
                 "e.g. by 100x, or raise num_it.")
         raise ValueError(f"the range test at weight decay {wd:g} (the largest tested; no curve could be read) "
-                         f"kept only {n} point(s); "
-                         f"at least {min_points} are needed: raise num_it.")
+                         f"kept only {n} point(s); at least {min_points} are needed: raise num_it.")
     if curve.min_loss_lr == curve.lrs[0]:
         raise ValueError(
             f"the smoothed loss of the range test at weight decay {wd:g} (the largest tested; no curve could be "
-            f"read) was lowest at its "
-            f"very first LR, {curve.lrs[0]:.3g}: start_lr is too high to see the descent, so no LR left of "
+            f"read) was lowest at its very first LR, {curve.lrs[0]:.3g}: start_lr is too high to see the descent, so no LR left of "
             f"the minimum can be read. Lower start_lr (e.g. to {curve.lrs[0] / 100:.3g}).")
 
 

@@ -529,7 +529,7 @@ def test_bottom_end_lr_is_the_last_lr_near_the_minimum():
     assert dip.bottom_end_lr(tolerance=0.05) == lrs[8]
     rising = FinderResult(lrs=lrs[:3], losses=[1.0, 1.5, 3.0])
     assert rising.bottom_end_lr() == lrs[0]
-    for bad in (-0.1, 1.5, "0.1", None):
+    for bad in (-0.1, 1.5, "0.1", None, True):
         with pytest.raises(ValueError, match=re.escape(repr(bad))):
             res.bottom_end_lr(tolerance=bad)
     with pytest.raises(ValueError, match="0 points"):

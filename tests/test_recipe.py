@@ -256,6 +256,13 @@ def test_table_lists_the_choices_with_their_reasons():
     assert sweep_rows["weight_decay"].tolist() == list(curves)
     assert sweep_rows["chosen"].tolist() == [False, True, False, False]
     assert sweep_rows["stopped"].tolist() == [True, True, True, False]
+    assert sweep_rows["bottom_end_lr"].tolist() == [c.bottom_end_lr() for c in curves.values()]
+    unreadable = {**curves, 1e-2: straight([2.0, 2.3, 2.6], [2.3, 2.2, 2.4], stop_lr=3.0)}
+    with pytest.warns(PlanWarning):
+        left_out = plan_from_curves(unreadable, BASE, 30)
+    assert any("left out of rule 1" in w for w in left_out.warnings)
+    rows = left_out.sweep_table()
+    assert math.isnan(rows["bottom_end_lr"].iloc[0]) and rows["bottom_end_lr"].iloc[1:].notna().all()
 
 
 def test_plot_overlays_the_curves_and_stars_the_choice(no_show):
