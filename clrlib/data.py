@@ -695,6 +695,14 @@ class CifarLoader:
     def num_images(self) -> int:
         return len(self.labels)
 
+    def state_dict(self) -> dict:
+        """The random state of the shuffling and augmentation (the next epoch's batches)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`: the next epoch draws the batches it would have drawn."""
+        self.generator.set_state(state["generator"])
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         order = (torch.randperm(n, generator=self.generator, device=self.device)

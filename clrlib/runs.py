@@ -100,8 +100,10 @@ def _stamp(device: torch.device, start: float, **extra) -> dict[str, Any]:
 
 
 def train_run(spec: TrainSpec, arrays, device: torch.device, compile: bool | str | None = None,
-              progress: bool = False) -> tuple[pd.DataFrame, dict]:
-    """Train ``spec`` from scratch; returns its per-step history and a record of how it ran."""
+              progress: bool = False, checkpoint=None, log=None) -> tuple[pd.DataFrame, dict]:
+    """Train ``spec`` from scratch (or from ``checkpoint``, written after every epoch, where it
+    exists); returns its per-step history and a record of how it ran. ``log`` (e.g. ``print``)
+    gets a line per epoch."""
     start = time.time()
     precision = _train.resolve_precision(spec.precision, device)
     channels_last = _train.default_channels_last(device, precision)
@@ -114,10 +116,22 @@ def train_run(spec: TrainSpec, arrays, device: torch.device, compile: bool | str
                           weight_decay=spec.weight_decay, foreach=True)
     history = _train.fit(model, train, spec.epochs, spec.schedule_fn(), opt, test_loader=test, device=device,
                          precision=precision, channels_last=channels_last, compile=compile,
-                         progress=progress)
+                         progress=progress, checkpoint=checkpoint,
+                         on_epoch=_epoch_logger(spec, log) if log else None)
     used = dict(history.attrs.get("fit", {}))
     diverged = len(history) < spec.total_steps
     return history, _stamp(device, start, fit=used, diverged=diverged)
+
+
+def _epoch_logger(spec: TrainSpec, log):
+    name = f"{spec.kind}-{spec.key()}"
+
+    def on_epoch(row: dict) -> None:
+        left = (row["epochs"] - row["epoch"]) * row["seconds"]
+        log(f"  {name} epoch {row['epoch']}/{row['epochs']}: train loss {row['train_loss']:.3f}, "
+            f"test acc {100 * row['test_acc']:.2f}%, LR {row['lr']:.3g}, {row['seconds']:.0f} s "
+            f"(about {left / 60:.0f} min left in this run)")
+    return on_epoch
 
 
 def finder_run(spec: FinderSpec, arrays, device: torch.device, progress: bool = False
@@ -140,12 +154,14 @@ def finder_run(spec: FinderSpec, arrays, device: torch.device, progress: bool = 
 
 
 def execute(spec: Spec, arrays, device: torch.device | str, compile: bool | str | None = None,
-            progress: bool = False) -> tuple[pd.DataFrame, dict]:
-    """Make the run of ``spec`` (a bound spec) on ``device``: what an executor calls for each spec."""
+            progress: bool = False, checkpoint=None, log=None) -> tuple[pd.DataFrame, dict]:
+    """Make the run of ``spec`` (a bound spec) on ``device``: what an executor calls for each spec.
+
+    ``checkpoint``: a file a training run writes after every epoch and resumes from."""
     device = torch.device(device)
     try:
         if isinstance(spec, TrainSpec):
-            return train_run(spec, arrays, device, compile, progress)
+            return train_run(spec, arrays, device, compile, progress, checkpoint, log)
         return finder_run(spec, arrays, device, progress)
     except KeyboardInterrupt:
         raise
@@ -205,11 +221,15 @@ class Lab:
         bound = [self.bind(s) for s in specs]
         found = {s: (None if self.redo else self.store.get(s)) for s in bound}
         missing = list(dict.fromkeys(s for s, run in found.items() if run is None))
+        if self.redo:  # train again from the start, not from an earlier attempt's checkpoint
+            for spec in missing:
+                self.checkpoint_path(spec).unlink(missing_ok=True)
         started = time.time()
 
         def done(spec, result):
             frame, meta = result
             found[spec] = self.store.put(spec, frame, meta)
+            self.checkpoint_path(spec).unlink(missing_ok=True)  # the run is stored: nothing to resume
             if self.log:
                 self.log(_progress_line(spec, found[spec], len([s for s in missing if found[s] is not None]),
                                         len(missing), time.time() - started))
@@ -217,8 +237,14 @@ class Lab:
         self.executor.run(self._task, missing, done)
         return [found[s] for s in bound]
 
+    def checkpoint_path(self, spec: Spec):
+        """Where a training run of ``spec`` keeps its per-epoch checkpoint: beside the store."""
+        return self.store.root / ".checkpoints" / f"{spec.kind}-{spec.key()}.pt"
+
     def _task(self, spec: Spec):
-        return execute(spec, self.arrays(spec.data), self.device, self.compile, self.progress)
+        checkpoint = self.checkpoint_path(spec) if isinstance(spec, TrainSpec) else None
+        return execute(spec, self.arrays(spec.data), self.device, self.compile, self.progress, checkpoint,
+                       self.log)
 
     def fit_many(self, specs: Sequence[TrainSpec]) -> list[pd.DataFrame]:
         """The per-step history (:func:`clrlib.train.fit`'s frame) of each training spec."""

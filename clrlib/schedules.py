@@ -18,6 +18,9 @@ Policies:
   network hyper-parameters: Part 1", https://arxiv.org/abs/1803.09820
 * :func:`one_cycle_cosine` -- the two-phase cosine 1cycle of PyTorch's
   ``OneCycleLR`` and fastai's ``fit_one_cycle``.
+* :func:`multistep` -- piecewise constant: the LR divided by a factor at given fractions
+  of training, as in He et al.'s ResNet paper (K. He, X. Zhang, S. Ren, J. Sun, "Deep
+  Residual Learning for Image Recognition", CVPR 2016, section 4.2).
 * :func:`constant` -- a fixed learning rate (and momentum), the usual baseline.
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = [
     "cyclic",
     "one_cycle",
     "one_cycle_cosine",
+    "multistep",
     "constant",
     "Scheduler",
 ]
@@ -272,6 +276,43 @@ def one_cycle_cosine(step: int, total_steps: int, max_lr: float, pct_start: floa
         (1.0, max_lr, low / final_div, lo_mom, hi_mom),
     )
     return _phased(step / total_steps, phases, anneal_cos)
+
+
+def multistep(step: int, total_steps: int, lr: float, milestones: Sequence[float] = (0.5, 0.75),
+              factor: float = 10.0) -> float:
+    """A piecewise-constant LR: ``lr``, divided by ``factor`` at each milestone passed.
+
+    A milestone is a fraction of training: from step ``ceil(m * total_steps)`` on, the LR is
+    divided once more. The defaults are He et al.'s CIFAR-10 schedule (ResNet paper, section
+    4.2): LR 0.1 divided by 10 at 32k and 48k of 64k iterations, i.e. at 50% and 75% of
+    training. Like ``torch.optim.lr_scheduler.MultiStepLR(milestones=[round(m * n) ...],
+    gamma=1/factor)`` stepped once per batch. Steps past ``total_steps`` keep the last value.
+
+    Args:
+        step: batch index, starting at 0.
+        total_steps: number of batches in the whole training.
+        lr: the learning rate before the first milestone.
+        milestones: increasing fractions of training in (0, 1).
+        factor: what the LR is divided by at each milestone (> 0; 10 in the paper).
+
+    Example (He et al.'s schedule over 64,000 iterations):
+        >>> [multistep(s, 64_000, lr=0.1) for s in (0, 31_999, 32_000, 48_000)]
+        [0.1, 0.1, 0.01, 0.001]
+    """
+    _check_step(step)
+    if isinstance(total_steps, bool) or not (isinstance(total_steps, int) and total_steps >= 1):
+        raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+    _check_positive("lr", lr)
+    _check_positive("factor", factor)
+    marks = list(milestones) if isinstance(milestones, (list, tuple)) else None
+    if (not marks or not all(isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in marks)
+            or any(a >= b for a, b in zip(marks, marks[1:]))):
+        raise ValueError(f"milestones must be increasing fractions of training in (0, 1), got {milestones!r}")
+    passed = sum(step >= math.ceil(m * total_steps) for m in marks)
+    value = float(lr)
+    for _ in range(passed):
+        value /= factor
+    return value
 
 
 def constant(step: int, lr: float, momentum: float | None = None) -> ScheduleValue:

@@ -46,8 +46,11 @@ SCHEDULES: dict[str, Callable] = {
     "one_cycle": _schedules.one_cycle,
     "one_cycle_cosine": _schedules.one_cycle_cosine,
     "cyclic": _schedules.cyclic,
+    "multistep": _schedules.multistep,
     "constant": _schedules.constant,
 }
+#: Schedules that take the run's length (``total_steps``) from its epochs and steps per epoch.
+_NEEDS_TOTAL = {"one_cycle", "one_cycle_cosine", "multistep"}
 #: Schedule arguments given in epochs; the spec turns them into steps.
 _EPOCH_ARGS = {"step_epochs": "step_size"}
 #: Schedule arguments that the schedule wants as integers (stored as floats, like every number).
@@ -207,7 +210,7 @@ class ScheduleSpec:
         for in_epochs, in_steps in _EPOCH_ARGS.items():
             if in_epochs in kwargs:
                 kwargs[in_steps] = max(1, round(kwargs.pop(in_epochs) * steps_per_epoch))
-        if self.name.startswith("one_cycle"):
+        if self.name in _NEEDS_TOTAL:
             kwargs["total_steps"] = epochs * steps_per_epoch
         return partial(SCHEDULES[self.name], **kwargs)
 
@@ -272,11 +275,18 @@ class _RunSpec:
                 changes[part] = dataclasses.replace(getattr(self, part), **changes[part])
         return dataclasses.replace(self, **changes)
 
+    #: Settings added after runs were stored, with the value that reproduces the earlier
+    #: behaviour: at that value a setting is left out of :meth:`to_dict` (and so of the key),
+    #: so that runs stored before it existed are found again.
+    _ADDED: ClassVar[dict[str, Any]] = {}
+
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON values, with the kind of run."""
         out = {"kind": self.kind}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name in self._ADDED and value == self._ADDED[f.name]:
+                continue
             if isinstance(value, ScheduleSpec):
                 value = {"name": value.name, "args": {k: _json(v) for k, v in value.args}}
             elif dataclasses.is_dataclass(value):

@@ -39,11 +39,11 @@ __all__ = ["NOTEBOOKS", "PROFILES", "ORDER", "ProfileError", "notebook_parameter
            "apply_profile", "start", "Experiment", "SUMMARY_COLUMNS", "COMPARISON_COLUMNS", "write_summary"]
 
 NOTEBOOKS = ("01_lr_finder", "02_cyclical_lr", "03_one_cycle", "04_super_convergence",
-             "05_momentum", "06_weight_decay", "07_auto_recipe")
+             "05_momentum", "06_weight_decay", "07_auto_recipe", "08_same_budget")
 #: The order that gives the most of the post first when time runs short.
 ORDER = ("01_lr_finder", "03_one_cycle", "04_super_convergence", "06_weight_decay", "05_momentum",
-         "02_cyclical_lr", "07_auto_recipe")
-PROFILES = ("smoke", "quick", "full")
+         "02_cyclical_lr", "07_auto_recipe", "08_same_budget")
+PROFILES = ("smoke", "quick", "full", "cpu")
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 SUMMARY_COLUMNS = ["experiment", "metric", "value", "std", "ci95", "n_seeds", "post_value"]
@@ -107,12 +107,11 @@ def _coerce(value, default, where: str):
     return value
 
 
-def load_profile(profile: str, notebook: str) -> dict[str, Any]:
-    """The settings of ``notebook`` in ``profile``, checked against its parameters' types."""
+def _read_profile(profile: str) -> tuple[Path, dict]:
+    """The profile's file and its parsed content (sections), checked for shape."""
     import yaml
     if profile not in PROFILES:
         raise ProfileError(f"unknown profile {profile!r}; choose one of {PROFILES}")
-    defaults = notebook_parameters(notebook)
     path = PROFILE_DIR / f"{profile}.yaml"
     try:
         spec = yaml.safe_load(path.read_text()) or {}
@@ -121,9 +120,26 @@ def load_profile(profile: str, notebook: str) -> dict[str, Any]:
         raise ProfileError(f"{path}: not valid YAML: {where}") from None
     if not isinstance(spec, dict):
         raise ProfileError(f"{path}: expected sections 'common' and notebook names, got {type(spec).__name__}")
-    unknown = set(spec) - {"common", *NOTEBOOKS}
+    unknown = set(spec) - {"common", "notebooks", *NOTEBOOKS}
     if unknown:
-        raise ProfileError(f"{path}: unknown section(s) {sorted(unknown)}; expected 'common' or {NOTEBOOKS}")
+        raise ProfileError(f"{path}: unknown section(s) {sorted(unknown)}; expected 'common', 'notebooks' "
+                           f"or {NOTEBOOKS}")
+    listed = spec.get("notebooks", list(NOTEBOOKS))
+    if not isinstance(listed, list) or not listed or any(n not in NOTEBOOKS for n in listed):
+        raise ProfileError(f"{path}: 'notebooks' must list notebooks of {NOTEBOOKS}, got {listed!r}")
+    return path, spec
+
+
+def profile_notebooks(profile: str) -> tuple[str, ...]:
+    """The notebooks ``profile`` runs (its ``notebooks`` list; default all), in :data:`ORDER`."""
+    listed = _read_profile(profile)[1].get("notebooks", NOTEBOOKS)
+    return tuple(n for n in ORDER if n in listed)
+
+
+def load_profile(profile: str, notebook: str) -> dict[str, Any]:
+    """The settings of ``notebook`` in ``profile``, checked against its parameters' types."""
+    path, spec = _read_profile(profile)
+    defaults = notebook_parameters(notebook)
     settings: dict[str, Any] = {}
     for section in ("common", notebook):
         values = spec.get(section) or {}
@@ -233,6 +249,21 @@ class Experiment:
     def finder_spec(self, seed: int = 0, **overrides) -> FinderSpec:
         """A range-test spec with this notebook's settings (``start_lr``, ``num_it``, ... as overrides)."""
         return FinderSpec(seed=seed, **self._common(overrides))
+
+    def plan(self):
+        """This notebook's plan (:mod:`clrlib.lab.plans`) under its parameters."""
+        from .lab.plans import plan_for
+        return plan_for(self.notebook, self.params)
+
+    def get(self, plan) -> dict[str, list]:
+        """Every group of ``plan`` as its runs: histories for training specs, results for range
+        tests, from the run store (or trained where missing)."""
+        specs = plan.specs()
+        fits = [s for s in specs if isinstance(s, TrainSpec)]
+        finders = [s for s in specs if isinstance(s, FinderSpec)]
+        made = dict(zip(fits, self.fit_many(fits))) if fits else {}
+        made.update(zip(finders, self.lr_find_many(finders)) if finders else {})
+        return {name: [made[s] for s in group] for name, group in plan.groups.items()}
 
     def fit_many(self, specs: Sequence[TrainSpec]) -> list[pd.DataFrame]:
         return self.lab.fit_many(specs)

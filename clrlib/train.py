@@ -23,6 +23,7 @@ import contextlib
 import functools
 import importlib.util
 import math
+import os
 import random
 import time
 import types
@@ -36,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import checkpoint as _checkpoint
 from .schedules import ScheduleFn, Scheduler, constant, group_momentum
 
 __all__ = ["default_device", "seed_everything", "autocast", "autocast_for", "cpu_flags", "cpu_vendor", "cpu_has_native_bf16",
@@ -446,7 +448,9 @@ def fit(model: nn.Module, train_loader, epochs: int, schedule: ScheduleFn | None
         weight_decay: float = 1e-4, test_loader=None, loss_fn: Callable | None = None,
         device: str | torch.device | None = None, precision: str | None = None, amp: bool | None = None,
         channels_last: bool | None = None, compile: bool | str | None = None, seed: int | None = None,
-        progress: bool = True, stop_on_divergence: bool = True) -> pd.DataFrame:
+        progress: bool = True, stop_on_divergence: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> pd.DataFrame:
     """Train ``model`` for ``epochs`` epochs, stepping the schedule every batch.
 
     Args:
@@ -471,6 +475,13 @@ def fit(model: nn.Module, train_loader, epochs: int, schedule: ScheduleFn | None
         seed: if given, seeds torch before training (see also :func:`seed_everything`).
         progress: show a tqdm progress bar with the loss and LR.
         stop_on_divergence: stop at the end of an epoch whose training loss is not finite.
+        checkpoint: a file to write the run's state to after every epoch, and to resume from
+            when it exists (see :mod:`clrlib.checkpoint`): an interrupted run called again with
+            the same path loses at most one epoch, and on a CPU its history is bit for bit an
+            uninterrupted run's. Build the model, optimizer and loader as for a fresh start.
+            The file is left in place; delete it once the history is saved.
+        on_epoch: called after every epoch with ``{"epoch", "epochs", "train_loss", "test_loss",
+            "test_acc", "seconds", "lr"}`` (e.g. to log progress from a long run).
 
     Returns:
         A DataFrame with a row per step: ``step, epoch, lr, momentum, loss`` (``epoch`` is
@@ -518,18 +529,30 @@ def fit(model: nn.Module, train_loader, epochs: int, schedule: ScheduleFn | None
     steps = compiled_steps(model, mode, precision, channels_last, device) if mode else None
     run = _Run(model, optimizer, scheduler, loss_fn or F.cross_entropy, device, precision,
                bool(channels_last), steps)
-    history = _train(run, train_loader, epochs, steps_per_epoch, test_loader, progress, stop_on_divergence)
+    history = _train(run, train_loader, epochs, steps_per_epoch, test_loader, progress, stop_on_divergence,
+                     checkpoint, on_epoch)
     history.attrs["fit"] = run.settings()
     return history
 
 
+def _resume(run: _Run, train_loader, epochs: int, steps_per_epoch: int, path) -> tuple[dict, int, bool]:
+    """The history so far, the last epoch done and whether training stopped, from ``path``'s
+    checkpoint (loaded into the run), or a fresh start."""
+    state = _checkpoint.read(path, epochs=epochs, steps_per_epoch=steps_per_epoch) if path else None
+    if state is None:
+        return {c: [] for c in STEP_COLUMNS + EPOCH_COLUMNS}, 0, False
+    _checkpoint.restore(state, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+                        loader=train_loader)
+    return state["rows"], state["epoch"], state["stopped"]
+
+
 def _train(run: _Run, train_loader, epochs: int, steps_per_epoch: int, test_loader, progress: bool,
-           stop_on_divergence: bool) -> pd.DataFrame:
-    """The epochs of :func:`fit`: train, evaluate, log; returns the history."""
-    rows: dict[str, list] = {c: [] for c in STEP_COLUMNS + EPOCH_COLUMNS}
-    run.bar = _progress_bar(epochs * steps_per_epoch, progress)
+           stop_on_divergence: bool, checkpoint=None, on_epoch=None) -> pd.DataFrame:
+    """The epochs of :func:`fit`: train, evaluate, log (and checkpoint); returns the history."""
+    rows, done, stopped = _resume(run, train_loader, epochs, steps_per_epoch, checkpoint)
+    run.bar = _progress_bar(epochs * steps_per_epoch, progress, initial=done * steps_per_epoch)
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(done + 1, epochs + 1 if not stopped else 0):
             step_losses, seconds = _train_epoch(run, train_loader, steps_per_epoch, rows, epoch)
             first = len(rows["step"])
             rows["step"].extend(range(first, first + steps_per_epoch))
@@ -544,7 +567,15 @@ def _train(run: _Run, train_loader, epochs: int, steps_per_epoch: int, test_load
                 rows[col].extend([math.nan] * (steps_per_epoch - 1) + [value])
             if run.bar is not None:
                 run.bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", lr=f"{rows['lr'][-1]:.3g}")
-            if stop_on_divergence and not math.isfinite(train_loss):
+            if on_epoch is not None:
+                on_epoch(dict(epoch=epoch, epochs=epochs, train_loss=train_loss, test_loss=test_loss,
+                              test_acc=test_acc, seconds=seconds, lr=rows["lr"][-1]))
+            diverged = stop_on_divergence and not math.isfinite(train_loss)
+            if checkpoint:
+                _checkpoint.write(checkpoint, epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                  model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+                                  loader=train_loader, rows=rows, stopped=diverged)
+            if diverged:
                 warnings.warn(f"training loss diverged (not finite) in epoch {epoch}; stopping early",
                               RuntimeWarning, stacklevel=3)
                 break
@@ -602,11 +633,11 @@ def _synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _progress_bar(total: int, enabled: bool):
+def _progress_bar(total: int, enabled: bool, initial: int = 0):
     if not enabled:
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, unit="step", leave=False)
+    return tqdm(total=total, initial=initial, unit="step", leave=False)
 
 
 def epoch_table(history: pd.DataFrame) -> pd.DataFrame:
