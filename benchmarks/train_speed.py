@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def full_profile_epochs() -> int:
     """Training epochs of the full profile as its notebooks build them (seeds included)."""
-    from clrlib.doctor import profile_epochs
+    from clrlib.lab.doctor import profile_epochs
     return profile_epochs("full")
 
 

@@ -3,10 +3,9 @@ the 1cycle policy with cyclical momentum) as in S. Gugger's "The 1cycle policy" 
 with ResNets for CIFAR and a CIFAR-10 pipeline that keeps the data on the GPU.
 
 Modules: :mod:`~clrlib.schedules`, :mod:`~clrlib.finder`, :mod:`~clrlib.models`,
-:mod:`~clrlib.data`, :mod:`~clrlib.train`, :mod:`~clrlib.plots`, :mod:`~clrlib.analysis`; the
-experiment layer: :mod:`~clrlib.specs` (run specifications), :mod:`~clrlib.store` (the run
-store), :mod:`~clrlib.runs` (``Lab``: specs to histories), :mod:`~clrlib.suite` (notebooks and
-profiles) and :mod:`~clrlib.cli` (``python -m clrlib``).
+:mod:`~clrlib.data`, :mod:`~clrlib.train`, :mod:`~clrlib.plots` and :mod:`~clrlib.recipe`. The
+machinery that runs the notebook suite (run specifications, the run store, plans, profiles,
+the runner and ``python -m clrlib``) is the subpackage :mod:`clrlib.lab`.
 """
 from . import data, finder, models, plots, schedules, train
 from .data import CifarLoader, load_cifar10, synthetic_cifar10

@@ -1,7 +1,7 @@
-"""``python -m clrlib``: the command line (see :mod:`clrlib.cli`)."""
+"""``python -m clrlib``: the command line (see :mod:`clrlib.lab.cli`)."""
 import sys
 
-from .cli import main
+from .lab.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,10 +1,10 @@
 """``python -m clrlib.experiments``: the same command line as ``python -m clrlib`` (kept for scripts
-that call it by this name). The experiment layer lives in :mod:`clrlib.specs`, :mod:`clrlib.store`,
-:mod:`clrlib.runs`, :mod:`clrlib.suite` and :mod:`clrlib.cli`.
+that call it by this name). The experiment layer lives in :mod:`clrlib.lab.specs`, :mod:`clrlib.lab.store`,
+:mod:`clrlib.lab.runs`, :mod:`clrlib.lab.suite` and :mod:`clrlib.lab.cli`.
 """
 import sys
 
-from .cli import main
+from .lab.cli import main
 
 __all__ = ["main"]
 

@@ -2,9 +2,9 @@
 1cycle trains.
 
 :func:`plan_one_cycle` runs one LR range test per candidate weight decay (through
-:meth:`clrlib.runs.Lab.lr_find_many`, so they are stored and reused like any run), reads the
+:meth:`clrlib.lab.runs.Lab.lr_find_many`, so they are stored and reused like any run), reads the
 choices off the curves by the three written rules below, and returns a :class:`Plan`: the
-choices, the sentences that justify them, the warnings, and a ready :class:`~clrlib.specs.TrainSpec`
+choices, the sentences that justify them, the warnings, and a ready :class:`~clrlib.lab.specs.TrainSpec`
 that :meth:`Plan.fit` trains. :func:`plan_from_curves` applies the same rules to curves you
 already have (saved ones, or synthetic ones in tests).
 
@@ -22,7 +22,7 @@ Rules (each paraphrases the post's advice, then says how it is read off the curv
    smoothed loss, the last LR before the loss climbs more than a tenth of the curve's descent
    above the minimum. "High" means no more than ``within`` times (default 2) below the
    highest of the sweep, and the largest weight decay that meets this bar is chosen
-   (:func:`clrlib.analysis.largest_weight_decay_at_high_lr`). Curves too short or too flat to
+   (:func:`clrlib.lab.analysis.largest_weight_decay_at_high_lr`). Curves too short or too flat to
    read (see the checks below) are left out, with a warning. Why not the minimum or the
    blow-up: on real curves the bottom is flat (ResNet-20 on 10k CIFAR-10 images: within 2% of
    the minimum from LR 0.5 to 4), so noise decides where the minimum falls, while the blow-up
@@ -62,7 +62,7 @@ Warnings go to :attr:`Plan.warnings` and are also issued as :class:`PlanWarning`
 
 Example:
     >>> from clrlib.finder import FinderResult
-    >>> from clrlib.specs import FinderSpec
+    >>> from clrlib.lab.specs import FinderSpec
     >>> lrs = [10 ** (k / 4 - 3) for k in range(17)]          # 1e-3 to 10
     >>> bowl = [2.3, 2.3, 2.2, 2.1, 1.9, 1.7, 1.5, 1.35, 1.25, 1.2, 1.3, 1.6, 2.2]
     >>> curves = {1e-3: FinderResult(lrs[:12], bowl[:12], stop_lr=lrs[12]),
@@ -83,9 +83,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .analysis import largest_weight_decay_at_high_lr
+from .lab.analysis import largest_weight_decay_at_high_lr
 from .finder import FinderResult
-from .specs import FinderSpec, ScheduleSpec, TrainSpec
+from .lab.specs import FinderSpec, ScheduleSpec, TrainSpec
 
 __all__ = ["Plan", "PlanWarning", "plan_one_cycle", "plan_from_curves", "curve_gap", "WEIGHT_DECAYS"]
 
@@ -115,7 +115,7 @@ class Plan:
         curves: ``{weight_decay: FinderResult}``, the range tests the choices were read from.
         reasons: plain sentences, each naming the rule it applies and the numbers it used.
         warnings: what to be wary of (each also issued as a :class:`PlanWarning`).
-        spec: the training run, ready for :meth:`fit` or :meth:`clrlib.runs.Lab.fit_many`.
+        spec: the training run, ready for :meth:`fit` or :meth:`clrlib.lab.runs.Lab.fit_many`.
         finder_specs: ``{weight_decay: FinderSpec}`` of the range tests (empty if the curves
             were given to :func:`plan_from_curves`).
         rules: the settings of the rules (``within``, ``divisor``, ``min_points``, ...).
@@ -150,7 +150,7 @@ class Plan:
         """Train :attr:`spec` once per seed with ``lab.fit_many``; one history per seed.
 
         Raises:
-            ValueError: for no seeds (a bad seed raises :class:`~clrlib.specs.SpecError`).
+            ValueError: for no seeds (a bad seed raises :class:`~clrlib.lab.specs.SpecError`).
         """
         seeds = [seeds] if isinstance(seeds, numbers.Integral) else list(seeds)
         if not seeds:
@@ -265,11 +265,11 @@ def plan_one_cycle(lab, base: TrainSpec | FinderSpec, epochs: int | None = None,
     """Run the range tests over ``weight_decays`` and plan a 1cycle run by the module's rules.
 
     Args:
-        lab: a :class:`~clrlib.runs.Lab` (anything with ``lr_find_many``); its store keeps the
+        lab: a :class:`~clrlib.lab.runs.Lab` (anything with ``lr_find_many``); its store keeps the
             range tests, so planning again reuses them.
         base: the run's settings: model, data, batch size, momentum, drop-last rule, seed and
-            precision. A :class:`~clrlib.specs.FinderSpec` also gives the range test's settings
-            (``start_lr``, ``end_lr``, ``num_it``, ...); a :class:`~clrlib.specs.TrainSpec`
+            precision. A :class:`~clrlib.lab.specs.FinderSpec` also gives the range test's settings
+            (``start_lr``, ``end_lr``, ``num_it``, ...); a :class:`~clrlib.lab.specs.TrainSpec`
             also gives ``epochs``. Its weight decay and schedule are replaced.
         epochs: the length of the planned run (default: ``base.epochs`` for a TrainSpec).
         weight_decays: the candidates, one range test each.

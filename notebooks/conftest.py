@@ -1,6 +1,6 @@
 """Under pytest (nbval), run every notebook in the smoke profile, writing into a temporary folder.
 
-The notebooks read CLRLIB_PROFILE and CLRLIB_OUT (see clrlib.suite.start); the
+The notebooks read CLRLIB_PROFILE and CLRLIB_OUT (see clrlib.lab.suite.start); the
 kernels nbval starts inherit these variables from this process.
 """
 import os

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clrlib import analysis
+from clrlib.lab import analysis
 from clrlib.finder import FinderResult
 from clrlib.schedules import constant, one_cycle
 

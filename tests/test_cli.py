@@ -11,8 +11,8 @@ import papermill
 import pytest
 import torch
 
-from clrlib import cli, suite
-from clrlib.suite import NOTEBOOKS, ORDER, ProfileError
+from clrlib.lab import cli, suite
+from clrlib.lab.suite import NOTEBOOKS, ORDER, ProfileError
 
 
 class FakePapermill:

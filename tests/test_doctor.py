@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from clrlib import doctor
+from clrlib.lab import doctor
 
 
 @pytest.fixture(scope="module")

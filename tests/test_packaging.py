@@ -88,7 +88,7 @@ def test_environment_uses_conda_forge_and_installs_the_project():
 
 def test_package_data_includes_the_profiles():
     data = pyproject()["tool"]["setuptools"]["package-data"]
-    assert "profiles/*.yaml" in data["clrlib"]
+    assert "profiles/*.yaml" in data["clrlib.lab"]
 
 
 def ci_commands() -> list[str]:

@@ -13,9 +13,9 @@ ray = pytest.importorskip("ray")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from clrlib.ray_executor import RayExecutor  # noqa: E402
-from clrlib.runs import Lab, RunFailed  # noqa: E402
-from clrlib.specs import DataSpec, ModelSpec, ScheduleSpec, TrainSpec  # noqa: E402
+from clrlib.lab.ray_executor import RayExecutor  # noqa: E402
+from clrlib.lab.runs import Lab, RunFailed  # noqa: E402
+from clrlib.lab.specs import DataSpec, ModelSpec, ScheduleSpec, TrainSpec  # noqa: E402
 
 DATA = DataSpec("synthetic", synthetic_train=128, synthetic_test=64)
 
@@ -38,7 +38,7 @@ def cluster():
 
 
 def test_importing_clrlib_does_not_import_ray():
-    code = "import sys, clrlib, clrlib.runs, clrlib.suite; assert 'ray' not in sys.modules"
+    code = "import sys, clrlib, clrlib.lab.runs, clrlib.lab.suite; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -12,11 +12,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from clrlib import analysis
+from clrlib.lab import analysis
 from clrlib.finder import FinderResult, _schedule
 from clrlib.recipe import Plan, PlanWarning, curve_gap, plan_from_curves, plan_one_cycle
-from clrlib.runs import Lab
-from clrlib.specs import DataSpec, FinderSpec, ModelSpec, ScheduleSpec, SpecError, TrainSpec
+from clrlib.lab.runs import Lab
+from clrlib.lab.specs import DataSpec, FinderSpec, ModelSpec, ScheduleSpec, SpecError, TrainSpec
 
 BASE = FinderSpec(model=ModelSpec(20), batch_size=256, momentum=0.9)
 

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from clrlib import finder as _finder
-from clrlib import runs
+from clrlib.lab import runs
 from clrlib.finder import FinderResult
-from clrlib.runs import Lab, RunFailed, SerialExecutor, execute
-from clrlib.specs import DataSpec, FinderSpec, ModelSpec, ScheduleSpec, SpecError, TrainSpec
+from clrlib.lab.runs import Lab, RunFailed, SerialExecutor, execute
+from clrlib.lab.specs import DataSpec, FinderSpec, ModelSpec, ScheduleSpec, SpecError, TrainSpec
 
 DATA = DataSpec("synthetic", synthetic_train=64, synthetic_test=32)
 SMALL = dict(batch_size=32, model=ModelSpec(8), data=DATA, precision="fp32")  # 2 steps per epoch

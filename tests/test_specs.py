@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from clrlib import specs
-from clrlib.specs import (DataSpec, FinderSpec, ModelSpec, ScheduleSpec, SpecError, TrainSpec,
+from clrlib.lab import specs
+from clrlib.lab.specs import (DataSpec, FinderSpec, ModelSpec, ScheduleSpec, SpecError, TrainSpec,
                           spec_from_dict)
 
 ONE_CYCLE = ScheduleSpec.make("one_cycle", max_lr=0.8, annihilate=0.1368)
@@ -69,7 +69,7 @@ def test_cyclic_step_size_in_steps_is_accepted():
 
 def test_key_is_stable_across_processes():
     spec = bound(seed=3, schedule=ScheduleSpec.make("one_cycle", max_lr=3, div=20, moms=[0.95, 0.85]))
-    code = ("import json, sys; from clrlib.specs import spec_from_dict; "
+    code = ("import json, sys; from clrlib.lab.specs import spec_from_dict; "
             "print(spec_from_dict(json.loads(sys.argv[1])).key())")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(spec.to_dict())], capture_output=True,
                          text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "123"})
@@ -85,7 +85,7 @@ def test_key_does_not_see_3_versus_3_point_0_nor_lists_versus_tuples():
 
 
 def test_key_does_not_see_paths_or_devices(tmp_path):
-    from clrlib.runs import Lab
+    from clrlib.lab.runs import Lab
     spec = TrainSpec(ONE_CYCLE, 1, precision="fp32", model=ModelSpec(8), batch_size=32,
                      data=DataSpec("synthetic", synthetic_train=64, synthetic_test=32))
     one = Lab(tmp_path / "a", device="cpu").bind(spec)

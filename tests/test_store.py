@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clrlib import store as store_module
-from clrlib.specs import DataSpec, FinderSpec, ModelSpec, ScheduleSpec, TrainSpec
-from clrlib.store import RunStore, StoreWarning
+from clrlib.lab import store as store_module
+from clrlib.lab.specs import DataSpec, FinderSpec, ModelSpec, ScheduleSpec, TrainSpec
+from clrlib.lab.store import RunStore, StoreWarning
 
 DATA = DataSpec("synthetic", synthetic_train=64, synthetic_test=32, fingerprint="00112233aabbccdd")
 SPEC = TrainSpec(ScheduleSpec.make("one_cycle", max_lr=0.5), 2, batch_size=32, model=ModelSpec(8),

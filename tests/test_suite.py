@@ -7,9 +7,9 @@ import math
 import pandas as pd
 import pytest
 
-from clrlib import suite
-from clrlib.specs import ScheduleSpec
-from clrlib.suite import ProfileError
+from clrlib.lab import suite
+from clrlib.lab.specs import ScheduleSpec
+from clrlib.lab.suite import ProfileError
 
 
 def write_profile(monkeypatch, tmp_path, text: str, name: str = "smoke"):
@@ -314,6 +314,6 @@ def test_the_executor_comes_from_the_environment(monkeypatch):
     pytest.importorskip("ray")
     monkeypatch.setenv("CLRLIB_EXECUTOR", "ray")
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
-    from clrlib.ray_executor import RayExecutor
+    from clrlib.lab.ray_executor import RayExecutor
     executor = suite.executor_from_environment()  # connects only when it first runs something
     assert isinstance(executor, RayExecutor) and executor.address == "127.0.0.1:6379"

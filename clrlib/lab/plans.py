@@ -6,7 +6,7 @@ its parameters and gets its runs by group name; the runner gathers the plans of 
 notebooks, removes duplicates by spec key and trains what is missing, headline runs first.
 
 Example:
-    >>> from clrlib.suite import apply_profile
+    >>> from clrlib.lab.suite import apply_profile
     >>> plan = PLANS["08_same_budget"](apply_profile("08_same_budget", "cpu"))
     >>> list(plan.groups)[:2], plan.groups["step schedule (He et al.)"][0].batch_size
     (['range test', '1cycle, max LR 0.8'], 128)
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..specs import DataSpec, FinderSpec, ModelSpec, ScheduleSpec, TrainSpec
+from .specs import DataSpec, FinderSpec, ModelSpec, ScheduleSpec, TrainSpec
 
 __all__ = ["Plan", "PLANS", "common_settings", "plan_for"]
 

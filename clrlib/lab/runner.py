@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..suite import ORDER, apply_profile, profile_notebooks
+from .suite import ORDER, apply_profile, profile_notebooks
 from .plans import Plan, plan_for
 
 __all__ = ["PlannedRun", "gather", "ordered_runs"]

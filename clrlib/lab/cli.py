@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from . import data as _data
+from .. import data as _data
 from .store import atomic_write_text, jsonable
 from .suite import NOTEBOOK_DIR, NOTEBOOKS, ORDER, PROFILES, ProfileError, apply_profile, write_summary
 

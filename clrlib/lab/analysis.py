@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .train import epoch_table
+from ..train import epoch_table
 
 __all__ = ["epoch_table", "final_accuracy", "first_epoch_reaching", "loss_gap", "schedule_mismatch",
            "mean_std", "t_critical", "confidence_interval", "welch_difference", "momentum_variants",

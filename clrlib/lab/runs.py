@@ -2,7 +2,7 @@
 
 :class:`Lab` is where runs happen: it loads each data set once, binds specs to it (data
 fingerprint, precision on this device), and returns the histories of a list of specs with
-:meth:`Lab.fit_many` / :meth:`Lab.lr_find_many`, taking each from the :class:`~clrlib.store.RunStore`
+:meth:`Lab.fit_many` / :meth:`Lab.lr_find_many`, taking each from the :class:`~clrlib.lab.store.RunStore`
 or training it. The runs that are missing go to an :class:`Executor`, one small interface:
 :class:`SerialExecutor` runs them one after another in this process; another executor (more
 GPUs, a cluster) only has to map :func:`execute` over specs. Finished runs are written to the
@@ -10,7 +10,7 @@ store by the driver (this process), as each one finishes.
 
 Example:
     >>> import tempfile
-    >>> from clrlib.specs import DataSpec, ModelSpec, ScheduleSpec, TrainSpec
+    >>> from clrlib.lab.specs import DataSpec, ModelSpec, ScheduleSpec, TrainSpec
     >>> lab = Lab(tempfile.mkdtemp(), device="cpu")
     >>> spec = TrainSpec(ScheduleSpec.make("one_cycle", max_lr=0.5), epochs=1, batch_size=64,
     ...                  model=ModelSpec(8), data=DataSpec("synthetic", synthetic_train=256,
@@ -29,9 +29,9 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import pandas as pd
 import torch
 
-from . import data as _data
-from . import finder as _finder
-from . import train as _train
+from .. import data as _data
+from .. import finder as _finder
+from .. import train as _train
 from .provenance import git_commit, machine_info
 from .specs import DataSpec, FinderSpec, SpecError, TrainSpec
 from .store import RunStore, StoredRun
@@ -182,7 +182,7 @@ class Lab:
     """Data, device and run store: turns specs into histories, training only what is missing.
 
     Args:
-        store: a :class:`~clrlib.store.RunStore` or the folder of one.
+        store: a :class:`~clrlib.lab.store.RunStore` or the folder of one.
         data_root: where CIFAR-10 is (default: ``$CLRLIB_DATA``, else ``~/.cache/clrlib``).
         device: default: CUDA, then MPS, then the CPU.
         compile: :func:`clrlib.train.fit`'s ``compile`` (None: the fast path on CUDA only).

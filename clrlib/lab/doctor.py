@@ -19,12 +19,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import data as _data
-from . import finder as _finder
-from . import train as _train
-from .models import resnet_cifar
+from .. import data as _data
+from .. import finder as _finder
+from .. import train as _train
+from ..models import resnet_cifar
 from .provenance import machine_info
-from .schedules import one_cycle
+from ..schedules import one_cycle
 
 __all__ = ["run_doctor", "profile_epochs", "Check"]
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, ClassVar
 
-from . import schedules as _schedules
-from .data import steps_per_epoch as _steps_per_epoch
+from .. import schedules as _schedules
+from ..data import steps_per_epoch as _steps_per_epoch
 
 __all__ = ["SEMANTICS_VERSION", "DATASET_SIZES", "PRECISIONS", "SCHEDULES", "SpecError", "ModelSpec",
            "DataSpec", "ScheduleSpec", "TrainSpec", "FinderSpec", "spec_from_dict"]
@@ -94,7 +94,7 @@ class ModelSpec:
     init: str = "post"
 
     def __post_init__(self) -> None:
-        from .models import INITS, SHORTCUTS
+        from ..models import INITS, SHORTCUTS
         depth = _number("ModelSpec", "depth", self.depth, integer=True, minimum=8)
         if (depth - 2) % 6:
             raise SpecError(f"ModelSpec.depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth!r}")
@@ -104,7 +104,7 @@ class ModelSpec:
 
     def build(self):
         """A freshly initialised model (seed torch first for a reproducible init)."""
-        from .models import resnet_cifar
+        from ..models import resnet_cifar
         return resnet_cifar(self.depth, self.shortcut, init=self.init)
 
     @property
@@ -117,7 +117,7 @@ class DataSpec:
     """Which images: CIFAR-10 (or a synthetic stand-in), optionally a seeded subset of each split.
 
     ``fingerprint`` is that of the loaded arrays (:attr:`clrlib.data.CifarArrays.fingerprint`);
-    it is filled in when a run is bound to its data (see :meth:`clrlib.runs.Lab.bind`).
+    it is filled in when a run is bound to its data (see :meth:`clrlib.lab.runs.Lab.bind`).
     """
 
     dataset: str = "cifar10"

@@ -1,4 +1,4 @@
-"""Runs on a Ray cluster: an :class:`~clrlib.runs.Executor` that makes each missing run a Ray task.
+"""Runs on a Ray cluster: an :class:`~clrlib.lab.runs.Executor` that makes each missing run a Ray task.
 
 :class:`RayExecutor` connects to a cluster (``address``, else ``$RAY_ADDRESS``, else a new local
 one), puts each data set into Ray's object store once, and submits one task per spec: one GPU
@@ -13,8 +13,8 @@ and this module imports Ray only when an executor is made.
 
 Example (not run by the doctests: it starts Ray)::
 
-    from clrlib.runs import Lab
-    from clrlib.ray_executor import RayExecutor
+    from clrlib.lab.runs import Lab
+    from clrlib.lab.ray_executor import RayExecutor
     lab = Lab("results/full/runs", device="cuda", executor=RayExecutor(log=print))
     histories = lab.fit_many(specs)          # one Ray task per missing spec
 """
@@ -144,8 +144,8 @@ class RayExecutor:
     def run(self, task: Callable, specs: Sequence, done: Callable[[Any, Any], None]) -> None:
         """Run ``task(spec)`` for each spec on the cluster, calling ``done`` in this process.
 
-        When ``task`` is a :class:`~clrlib.runs.Lab`'s own task, the runs call
-        :func:`~clrlib.runs.execute` with the Lab's data (put into the object store once per
+        When ``task`` is a :class:`~clrlib.lab.runs.Lab`'s own task, the runs call
+        :func:`~clrlib.lab.runs.execute` with the Lab's data (put into the object store once per
         data set), compile and progress settings; any other task is shipped whole.
         """
         specs = list(specs)

@@ -12,7 +12,7 @@ import torch
 
 __all__ = ["git_commit", "machine_info", "cpu_name"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_commit() -> str:

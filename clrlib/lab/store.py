@@ -1,6 +1,6 @@
 """A content-addressed store of finished runs: one CSV and one JSON record per run specification.
 
-A run is stored under its spec's key (:meth:`clrlib.specs.TrainSpec.key`), so finding it is
+A run is stored under its spec's key (:meth:`clrlib.lab.specs.TrainSpec.key`), so finding it is
 one file name, never a scan, and the store holds no absolute path: a results folder copied or
 moved anywhere serves the same runs. Both files are written to a temporary file in the same
 folder and renamed into place, the record last, and the record carries the CSV's row count
@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_text
 from .specs import FinderSpec, TrainSpec
 
 try:
@@ -75,7 +75,7 @@ class RunStore:
 
     Example:
         >>> import tempfile, pandas as pd
-        >>> from clrlib.specs import ScheduleSpec, TrainSpec, DataSpec
+        >>> from clrlib.lab.specs import ScheduleSpec, TrainSpec, DataSpec
         >>> spec = TrainSpec(ScheduleSpec.make("constant", lr=0.1), 1, batch_size=256, precision="fp32",
         ...                  data=DataSpec("synthetic", synthetic_train=512, fingerprint="abc"))
         >>> store = RunStore(tempfile.mkdtemp())

@@ -33,7 +33,7 @@ from .provenance import REPO_ROOT, git_commit, machine_info
 from .runs import Lab
 from .specs import DataSpec, FinderSpec, ModelSpec, ScheduleSpec, TrainSpec
 from .store import atomic_write_text, jsonable
-from .train import resolve_precision
+from ..train import resolve_precision
 
 __all__ = ["NOTEBOOKS", "PROFILES", "ORDER", "ProfileError", "notebook_parameters", "load_profile",
            "apply_profile", "start", "Experiment", "SUMMARY_COLUMNS", "COMPARISON_COLUMNS", "write_summary"]
@@ -252,7 +252,7 @@ class Experiment:
 
     def plan(self):
         """This notebook's plan (:mod:`clrlib.lab.plans`) under its parameters."""
-        from .lab.plans import plan_for
+        from .plans import plan_for
         return plan_for(self.notebook, self.params)
 
     def get(self, plan) -> dict[str, list]:
