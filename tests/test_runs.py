@@ -53,7 +53,7 @@ def fake_training(monkeypatch):
     """Replace training by :func:`fake_history` (fast); returns the list of specs trained."""
     trained = []
 
-    def fake_execute(spec, arrays, device, compile=None, progress=False):
+    def fake_execute(spec, arrays, device, compile=None, progress=False, checkpoint=None, log=None):
         assert spec.data.fingerprint == arrays.fingerprint and spec.precision == "fp32"
         trained.append(spec)
         return fake_history(spec), {"wall_seconds": 0.0, "diverged": False}
