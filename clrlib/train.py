@@ -20,8 +20,6 @@ Speed settings, each resolved per device when left as None (see :func:`fit`):
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib.util
 import math
 import os
 import random
@@ -38,199 +36,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint as _checkpoint
+from .batches import MODEL_LOSS, call_model, count, output_loss, resolve_unpack, to_device
+# The device policy lives in clrlib.device; its names stay importable from here.
+from .device import (COMPILE_MODES, CUDAGRAPH_MODES, PRECISIONS, DevicePolicy, autocast, autocast_for,  # noqa: F401
+                     cpu_flags, cpu_has_native_bf16, cpu_vendor, default_channels_last, default_device,
+                     default_precision, model_device, model_is_channels_last, resolve_compile, resolve_policy,
+                     resolve_precision)
+from .device import precision_and_amp as _precision_and_amp  # noqa: F401
 from .schedules import ScheduleFn, Scheduler, constant, group_momentum
 
 __all__ = ["default_device", "seed_everything", "autocast", "autocast_for", "cpu_flags", "cpu_vendor", "cpu_has_native_bf16",
            "default_precision", "resolve_precision", "default_channels_last", "resolve_compile",
+           "DevicePolicy", "resolve_policy", "model_device", "model_is_channels_last",
            "compiled_steps", "clear_compile_cache", "CompiledSteps", "train_step", "evaluate", "fit",
            "epoch_table", "STEP_COLUMNS", "EPOCH_COLUMNS", "PRECISIONS", "COMPILE_MODES"]
 
 STEP_COLUMNS = ("step", "epoch", "lr", "momentum", "loss")
 EPOCH_COLUMNS = ("train_loss", "test_loss", "test_acc", "seconds")
-PRECISIONS = ("bf16", "fp32")
-# torch.compile's modes; the first two of CUDAGRAPH_MODES replay CUDA graphs on a GPU.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
-# /proc/cpuinfo flags of x86 CPUs that compute in bf16 natively (Cooper Lake, Sapphire Rapids, Zen 4+).
-
-
-def default_device() -> torch.device:
-    """CUDA if available, then Apple's MPS, then the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, and torch's CPU and CUDA generators (for weight init and dropout)."""
     random.seed(seed)
     torch.manual_seed(seed)
-
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
-    """The CPU feature flags that Linux lists in ``path`` (empty where there is no such file).
-
-    Args:
-        path: a file in the format of ``/proc/cpuinfo`` (``flags : fpu vme ...`` lines).
-    """
-    try:
-        with open(path) as f:
-            return {word for line in f if line.startswith("flags") for word in line.split(":", 1)[-1].split()}
-    except OSError:
-        return set()
-
-
-def cpu_vendor(path: str = "/proc/cpuinfo") -> str:
-    """The CPU's ``vendor_id`` as Linux lists it (e.g. "AuthenticAMD", "GenuineIntel"), or ""."""
-    try:
-        with open(path) as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
-    except OSError:
-        return ""
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_has_native_bf16() -> bool:
-    """Whether bf16 autocast pays on this CPU: AMX-BF16, or AVX512_BF16 on an AMD CPU.
-
-    Measured on this project's 2-core machines (ResNet-20, batch 128 to 256, one training step):
-    an AMD EPYC with AVX512_BF16 trained 2.4x faster in bf16 + channels-last than in fp32; an
-    Intel Xeon with AVX512_BF16 but no AMX trained at 563 img/s in bf16 + channels-last against
-    693 in fp32 + channels-last, so there bf16 is no gain and fp32 stays the default. AMX
-    (Intel's matrix units) is where oneDNN's bf16 kernels are fastest. Reads the flags of
-    ``/proc/cpuinfo`` (Linux) and torch's CPU capability string; False where neither tells.
-    """
-    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
-    flags = cpu_flags()
-    if "AMX" in capability or "amx_bf16" in flags:
-        return True
-    return "avx512_bf16" in flags and cpu_vendor() == "AuthenticAMD"
-
-
-def _cuda_has_native_bf16() -> bool:
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch < 2.3 has no including_emulation
-        return torch.cuda.is_bf16_supported()
-
-
-def default_precision(device: str | torch.device) -> str:
-    """``"bf16"`` on a CUDA GPU with bf16 (Ampere and later) or a CPU with native bf16, else ``"fp32"``.
-
-    Args:
-        device: the device training runs on (MPS gets ``"fp32"``).
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if _cuda_has_native_bf16() else "fp32"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return "bf16"
-    return "fp32"
-
-
-def resolve_precision(precision: str | None, device: str | torch.device) -> str:
-    """The precision to train in: ``precision`` checked, or the device's default.
-
-    Args:
-        precision: ``"bf16"`` (bf16 autocast), ``"fp32"``, or None / ``"auto"`` for
-            :func:`default_precision` of ``device``.
-        device: the device training runs on.
-
-    Raises:
-        ValueError: for any other value.
-    """
-    if precision is None or precision == "auto":
-        return default_precision(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, 'auto' or None, got {precision!r}")
-    return precision
-
-
-def _precision_and_amp(precision: str | None, amp: bool | None, device: torch.device) -> str:
-    """Resolve ``precision`` with the older ``amp`` flag as an alias (True: bf16, False: fp32)."""
-    if amp is None:
-        return resolve_precision(precision, device)
-    if not isinstance(amp, bool):
-        raise ValueError(f"amp must be True, False or None, got {amp!r}")
-    from_amp = "bf16" if amp else "fp32"
-    if precision not in (None, "auto") and resolve_precision(precision, device) != from_amp:
-        raise ValueError(f"precision={precision!r} contradicts amp={amp!r} (amp=True means 'bf16', "
-                         "amp=False 'fp32'); pass only precision")
-    return from_amp
-
-
-def autocast(device: torch.device, enabled: bool | None = None):
-    """bf16 autocast on CUDA (default), nothing elsewhere unless ``enabled`` is True."""
-    device = torch.device(device)
-    if enabled is None:
-        enabled = device.type == "cuda"
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def autocast_for(precision: str | None, device: str | torch.device):
-    """The autocast context of a precision: bf16 autocast for ``"bf16"``, nothing for ``"fp32"``.
-
-    Args:
-        precision: as for :func:`resolve_precision` (None: the device's default).
-        device: the device the forward pass runs on.
-    """
-    device = torch.device(device)
-    if resolve_precision(precision, device) == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def default_channels_last(device: str | torch.device, precision: str) -> bool:
-    """Channels-last pays on CUDA and on the CPU (oneDNN's fast layout: ResNet-20 trained at 693
-    img/s channels-last against 548 in NCHW, fp32, on this project's Intel Xeon).
-
-    Args:
-        device: the training device.
-        precision: the resolved precision, ``"bf16"`` or ``"fp32"``.
-    """
-    return torch.device(device).type in ("cuda", "cpu")
-
-
-def resolve_compile(compile: bool | str | None, device: str | torch.device) -> str | bool:
-    """The ``torch.compile`` mode to use, or False for eager.
-
-    Args:
-        compile: None: ``"reduce-overhead"`` (CUDA graphs) on CUDA where Triton is installed,
-            eager elsewhere; True: the device's mode (``"reduce-overhead"`` on CUDA,
-            ``"default"`` elsewhere); False: eager; or one of :data:`COMPILE_MODES`.
-        device: the training device.
-
-    Raises:
-        ValueError: for any other value.
-    """
-    device = torch.device(device)
-    if compile is None:
-        on = device.type == "cuda" and importlib.util.find_spec("triton") is not None
-        return "reduce-overhead" if on else False
-    if compile is False:
-        return False
-    if compile is True:
-        return "reduce-overhead" if device.type == "cuda" else "default"
-    if isinstance(compile, str) and compile in COMPILE_MODES:
-        return compile
-    raise ValueError(f"compile must be None, True, False or one of {COMPILE_MODES}, got {compile!r}")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
-def model_is_channels_last(model: nn.Module) -> bool:
-    """Whether the model's 4-d weights are in channels-last memory format (False without any)."""
-    return any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
-               for p in model.parameters())
 
 
 def training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
@@ -386,13 +214,13 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable | None = Non
     Raises:
         ValueError: if ``batches`` is empty, or for a bad setting.
     """
-    device = model_device(model)
-    precision = _precision_and_amp(precision, amp, device)
     if channels_last is None:
         channels_last = model_is_channels_last(model)
-    mode = resolve_compile(compile, device)
+    policy = resolve_policy(model_device(model), precision, channels_last, compile, model=model, amp=amp)
+    device, precision, mode = policy.device, policy.precision, policy.compile
     steps = compiled_steps(model, mode, precision, channels_last, device) if mode else None
-    return _evaluate(model, batches, loss_fn or F.cross_entropy, device, precision, channels_last, steps)
+    with policy.applied():
+        return _evaluate(model, batches, loss_fn or F.cross_entropy, device, precision, channels_last, steps)
 
 
 @torch.no_grad()
@@ -407,9 +235,7 @@ def _evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: to
     try:
         with autocast_for(precision, device):
             for x, y in batches:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x, y = to_device(x, device, channels_last), to_device(y, device)
                 if steps is not None and steps.cudagraphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 loss_sum, right = forward(model, loss_fn, x, y)
@@ -510,11 +336,8 @@ def fit(model: nn.Module, train_loader, epochs: int, schedule: ScheduleFn | None
     steps_per_epoch = len(train_loader)
     if steps_per_epoch < 1:
         raise ValueError(f"train_loader yields no batches (len(train_loader) = {steps_per_epoch})")
-    device = torch.device(device) if device is not None else default_device()
-    precision = _precision_and_amp(precision, amp, device)
-    mode = resolve_compile(compile, device)
-    if channels_last is None:
-        channels_last = default_channels_last(device, precision)
+    policy = resolve_policy(device, precision, channels_last, compile, model=model, amp=amp)
+    device, precision, channels_last, mode = policy.device, policy.precision, policy.channels_last, policy.compile
     if seed is not None:
         seed_everything(seed)
     model.to(device)
@@ -529,8 +352,9 @@ def fit(model: nn.Module, train_loader, epochs: int, schedule: ScheduleFn | None
     steps = compiled_steps(model, mode, precision, channels_last, device) if mode else None
     run = _Run(model, optimizer, scheduler, loss_fn or F.cross_entropy, device, precision,
                bool(channels_last), steps)
-    history = _train(run, train_loader, epochs, steps_per_epoch, test_loader, progress, stop_on_divergence,
-                     checkpoint, on_epoch)
+    with policy.applied():
+        history = _train(run, train_loader, epochs, steps_per_epoch, test_loader, progress, stop_on_divergence,
+                         checkpoint, on_epoch)
     history.attrs["fit"] = run.settings()
     return history
 
@@ -605,9 +429,7 @@ def _train_epoch(run: _Run, train_loader, steps_per_epoch: int, rows: dict, epoc
         group = run.optimizer.param_groups[0]
         rows["lr"].append(float(group["lr"]))
         rows["momentum"].append(group_momentum(group))
-        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
-        if run.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = to_device(x, run.device, run.channels_last), to_device(y, run.device)
         if run.steps is not None:
             _compiled_train_step(run.steps, run.model, run.loss_fn, run.optimizer, x, y, amp, losses, n)
         else:

@@ -173,6 +173,7 @@ def test_divergence_stops_at_the_end_of_the_epoch(loaders):
 
 # --- precision, channels-last and compile settings ---------------------------------------------
 
+from clrlib import device as D  # noqa: E402
 from clrlib import train as T  # noqa: E402
 
 
@@ -186,33 +187,34 @@ def test_cpu_flags_reads_a_cpuinfo_file(tmp_path):
 
 
 def test_bf16_by_default_only_where_it_was_measured_to_pay(monkeypatch):
-    T.cpu_has_native_bf16.cache_clear()
-    monkeypatch.setattr(T.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    D.cpu_has_native_bf16.cache_clear()
+    monkeypatch.setattr(D.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     cases = [({"avx512_bf16"}, "AuthenticAMD", True), ({"avx512_bf16"}, "GenuineIntel", False),
              ({"avx512_bf16", "amx_bf16"}, "GenuineIntel", True), ({"avx2"}, "AuthenticAMD", False)]
     try:
         for flags, vendor, want in cases:
-            monkeypatch.setattr(T, "cpu_flags", lambda flags=flags: flags)
-            monkeypatch.setattr(T, "cpu_vendor", lambda vendor=vendor: vendor)
-            T.cpu_has_native_bf16.cache_clear()
-            assert T.cpu_has_native_bf16() is want, (flags, vendor)
+            monkeypatch.setattr(D, "cpu_flags", lambda flags=flags: flags)
+            monkeypatch.setattr(D, "cpu_vendor", lambda vendor=vendor: vendor)
+            D.cpu_has_native_bf16.cache_clear()
+            assert D.cpu_has_native_bf16() is want, (flags, vendor)
+            assert T.cpu_has_native_bf16 is D.cpu_has_native_bf16  # the old name, re-exported
     finally:
-        T.cpu_has_native_bf16.cache_clear()
+        D.cpu_has_native_bf16.cache_clear()
 
 
 def test_default_precision(monkeypatch):
-    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: True)
     assert T.default_precision("cpu") == "bf16"
     assert T.default_channels_last("cpu", "bf16") and T.default_channels_last("cpu", "fp32")
-    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: False)
     assert T.default_precision("cpu") == "fp32"
     assert T.default_precision("mps") == "fp32"
-    monkeypatch.setattr(T, "_cuda_has_native_bf16", lambda: True)
+    monkeypatch.setattr(D, "cuda_has_native_bf16", lambda: True)
     assert T.default_precision("cuda") == "bf16" and T.default_channels_last("cuda", "fp32")
 
 
 def test_resolve_precision(monkeypatch):
-    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: False)
     assert T.resolve_precision(None, "cpu") == T.resolve_precision("auto", "cpu") == "fp32"
     assert T.resolve_precision("bf16", "cpu") == "bf16"
     for bad in ("fp16", "BF16", 16):
@@ -261,10 +263,10 @@ def test_fit_default_precision_follows_the_cpu(loaders, monkeypatch):
     train, _ = loaders
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
     for native, want in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: native)
         history = fit(model, train, 1, device="cpu", progress=False)
         assert history.attrs["fit"]["precision"] == want
-        assert history.attrs["fit"]["channels_last"]
+        assert history.attrs["fit"]["channels_last"] is False  # an MLP: no 4-d conv weights
     assert fit(model, train, 1, device="cpu", amp=False, progress=False).attrs["fit"]["precision"] == "fp32"
     with pytest.raises(ValueError, match="contradicts"):
         fit(model, train, 1, device="cpu", amp=True, precision="fp32", progress=False)
