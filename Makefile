@@ -1,5 +1,6 @@
 # clrlib: set up, run the notebook suite, test.
-#   make run     set up .venv, find CIFAR-10, run every notebook (profile auto)
+#   make run     set up .venv, find CIFAR-10, run every notebook (profile auto; PROFILE=cpu for
+#                ResNet-20 at full data on a CPU, a few hours)
 #   make test    set up .venv, run the tests and the notebooks in the smoke profile
 
 PYTHON ?= python3
@@ -22,6 +23,8 @@ endif
 # Where CIFAR-10 is read from: $CLRLIB_DATA if set, else ./data (git-ignored).
 # Override with `make run DATA=/some/folder`.
 DATA ?= $(if $(CLRLIB_DATA),$(CLRLIB_DATA),data)
+# The profile `make run` runs: auto (full on a CUDA GPU, quick on a CPU), or smoke, quick, full, cpu.
+PROFILE ?= auto
 # The copy of CIFAR-10 kept beside the project on its own machines (absent elsewhere).
 SHARED_CIFAR := ../shared/data/cifar10/unpack.py
 
@@ -58,7 +61,7 @@ data:
 
 # run: the whole notebook suite; results go to results/<profile>/.
 run: setup data
-	$(PY) -m clrlib.experiments run --profile auto --data $(DATA) --out results
+	$(PY) -m clrlib run --profile $(PROFILE) --data $(DATA) --out results
 
 # test: the unit tests and the library's docstring examples, then every notebook executed
 # by nbval (in this venv's Python) in the smoke profile.
