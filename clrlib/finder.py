@@ -47,16 +47,19 @@ import copy
 import math
 import numbers
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, ClassVar, Iterable, Iterator
 
 import pandas as pd
 import torch
 import torch.nn as nn
 
-from .train import autocast, evaluate, model_device, restore_training_modes, train_step, training_modes
+from .batches import MODEL_LOSS, call_model, count, output_loss, resolve_unpack, to_device
+from .train import autocast, model_device, model_is_channels_last, restore_training_modes, training_modes
 
-__all__ = ["lr_find", "FinderResult", "SUGGESTIONS", "SUGGESTION_USES", "snapshot", "restore"]
+__all__ = ["lr_find", "FinderResult", "SUGGESTIONS", "SUGGESTION_USES", "FASTAI_BEST_AFTER", "snapshot",
+           "restore"]
 
 MODES = ("exp", "linear")
 PRECISIONS = ("bf16", "fp32")
@@ -69,6 +72,10 @@ SUGGESTION_USES = {
     "one_cycle": "1cycle max LR",
     "cyclic": "CLR max LR",
 }
+#: ``best_after`` of fastai 0.7's range test (``LR_Finder.on_batch_end``: the best loss is
+#: updated only ``if loss < self.best and self.iteration > 10``, on a count of batches from 0,
+#: so batches 0..10 never set it and the test cannot stop on them, except on a NaN).
+FASTAI_BEST_AFTER = 11
 
 
 @dataclass
@@ -85,6 +92,10 @@ class FinderResult:
             kept), or None if the test ran all ``num_it`` iterations.
         settings: the arguments of the test, for the record.
     """
+
+    #: What each rule of :meth:`suggest` is for: :func:`clrlib.plots.plot_finder` reads the
+    #: legend from the result, so that the plots need not import this module.
+    suggestion_uses: ClassVar[Mapping[str, str]] = SUGGESTION_USES
 
     lrs: list = field(default_factory=list)
     losses: list = field(default_factory=list)
@@ -353,35 +364,110 @@ def _schedule(start_lr: float, end_lr: float, num_it: int, mode: str, endpoint: 
 
 def _repeat(batches: Iterable) -> Iterator:
     """Yield from ``batches`` again and again (a DataLoader starts a new epoch each time)."""
-    count = 0
+    seen = 0
     while True:
-        before = count
+        before = seen
         for batch in batches:
-            count += 1
+            seen += 1
             yield batch
-        if count == before:
-            if count == 0:
+        if seen == before:
+            if seen == 0:
                 raise ValueError("batches is empty")
-            warnings.warn(f"batches ran out after {count} batches; stopping the range test there "
+            # stack: _repeat, _train_step, _run, lr_find, the caller
+            warnings.warn(f"batches ran out after {seen} batches; stopping the range test there "
                           "(pass a re-iterable loader to run all num_it iterations)",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=5)
             return
 
 
-def _check_args(start_lr, end_lr, num_it, mode, beta, stop_factor) -> None:
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_count(value, minimum: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_args(start_lr, end_lr, num_it, mode, beta, stop_factor, accumulation_steps=1, best_after=0) -> None:
     for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        if not (_is_real(value) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     if start_lr >= end_lr:
         raise ValueError(f"start_lr must be smaller than end_lr, got start_lr={start_lr!r} >= end_lr={end_lr!r}")
-    if not (isinstance(num_it, int) and num_it >= 2):
+    if not _is_count(num_it, 2):
         raise ValueError(f"num_it must be an integer >= 2, got {num_it!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not (0.0 <= beta < 1.0):
+    if not (_is_real(beta) and 0.0 <= beta < 1.0):
         raise ValueError(f"beta must be in [0, 1), got {beta!r}")
-    if stop_factor is not None and not stop_factor > 1.0:
+    if stop_factor is not None and not (_is_real(stop_factor) and stop_factor > 1.0):
         raise ValueError(f"stop_factor must be > 1 (or None to never stop), got {stop_factor!r}")
+    if not _is_count(accumulation_steps, 1):
+        raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps!r}")
+    if not _is_count(best_after, 0):
+        raise ValueError(f"best_after must be an integer >= 0, got {best_after!r}")
+
+
+def _is_optimizer(value) -> bool:
+    """A torch optimizer, or an object that behaves like one (param groups and a state dict)."""
+    return isinstance(value, torch.optim.Optimizer) or all(
+        hasattr(value, name) for name in ("param_groups", "state_dict", "load_state_dict", "step", "zero_grad"))
+
+
+def _what(value) -> str:
+    """A few words on what ``value`` is, for the message about arguments in the wrong place."""
+    kind = type(value).__name__
+    if _is_optimizer(value):
+        return f"an optimizer ({kind})"
+    if isinstance(value, nn.modules.loss._Loss):
+        return f"a loss ({kind})"
+    if isinstance(value, nn.Module):
+        return f"a model ({kind})"
+    if isinstance(value, (str, numbers.Number)) or value is None:
+        return repr(value)
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if callable(value):
+        return f"a function ({getattr(value, '__name__', kind)})"
+    if hasattr(value, "__iter__"):
+        return f"batches ({kind})"
+    return f"a {kind}"
+
+
+def _check_roles(model, loss_fn, batches, optimizer) -> None:
+    """Refuse arguments in the wrong place or of the wrong kind, saying which is which.
+
+    Raises:
+        TypeError: naming each misplaced argument and what it got; for torch-lr-finder's order
+            ``(model, optimizer, criterion, loader)``, the call to make instead.
+    """
+    wrong = []
+    if not isinstance(model, nn.Module) or isinstance(model, nn.modules.loss._Loss):
+        wrong.append(("model", "an nn.Module", model))
+    if _is_optimizer(loss_fn) or not (loss_fn == MODEL_LOSS if isinstance(loss_fn, str) else callable(loss_fn)):
+        wrong.append(("loss_fn", f"a function loss_fn(output, target) or {MODEL_LOSS!r}", loss_fn))
+    if (isinstance(batches, (nn.Module, torch.Tensor, str, Mapping)) or _is_optimizer(batches)
+            or not hasattr(batches, "__iter__")):
+        wrong.append(("batches", "an iterable of batches (a DataLoader, a list of (inputs, target))", batches))
+    if not _is_optimizer(optimizer):
+        wrong.append(("optimizer", "a torch.optim.Optimizer", optimizer))
+    if not wrong:
+        return
+    lines = "; ".join(f"{name} must be {want}, got {_what(value)}" for name, want, value in wrong)
+    hint = "the order is lr_find(model, loss_fn, batches, optimizer); keywords avoid the mix-up"
+    if _is_optimizer(loss_fn) and isinstance(batches, nn.Module) and not _is_optimizer(optimizer):
+        hint = ("that is torch-lr-finder's order (model, optimizer, criterion, loader); clrlib's is "
+                "lr_find(model, loss_fn, batches, optimizer): call lr_find(model, criterion, loader, optimizer)")
+    raise TypeError(f"lr_find got arguments in the wrong place: {lines}. {hint}")
+
+
+def _optimizer_lr(optimizer) -> float:
+    """The learning rate the optimizer holds now (``start_lr=None``), the same in every group."""
+    lrs = sorted({float(group["lr"]) for group in optimizer.param_groups})
+    if len(lrs) != 1:
+        raise ValueError(f"start_lr=None starts from the optimizer's own LR, but its param groups hold "
+                         f"different LRs {lrs}: pass start_lr")
+    return lrs[0]
 
 
 def _resolve_amp(precision: str | None, amp: bool | None) -> bool | None:
@@ -406,90 +492,251 @@ def _resolve_amp(precision: str | None, amp: bool | None) -> bool | None:
     return wanted
 
 
-def lr_find(model: nn.Module, loss_fn: Callable, batches: Iterable, optimizer: torch.optim.Optimizer,
-            start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, mode: str = "exp",
+def lr_find(model: nn.Module, loss_fn: Callable | str, batches: Iterable, optimizer: torch.optim.Optimizer,
+            start_lr: float | None = 1e-7, end_lr: float = 10.0, num_it: int = 100, mode: str = "exp",
             beta: float = 0.98, stop_factor: float | None = 4.0, val_batches: Iterable | None = None,
             accuracy: bool = False, amp: bool | None = None, precision: str | None = None,
-            endpoint: bool = True) -> FinderResult:
+            endpoint: bool = True, *, unpack: Callable | None = None, accumulation_steps: int = 1,
+            best_after: int = 0) -> FinderResult:
     """Run the LR range test and restore the model and optimizer afterwards.
+
+    The defaults (1e-7 to 10, last iteration at ``end_lr``) are fastai 1's and torch-lr-finder's
+    habits for a model of unknown scale. The run specs of this project
+    (:class:`clrlib.lab.specs.FinderSpec`) use the post's settings instead: 1e-5 to 100 with
+    fastai 0.7's steps (``endpoint=False``), so a curve from the notebooks and one from a bare
+    ``lr_find(model, loss_fn, batches, optimizer)`` cover different ranges.
 
     Args:
         model: the network, on its device (batches are moved there).
-        loss_fn: ``loss_fn(output, target)``, e.g. ``torch.nn.functional.cross_entropy``.
-        batches: re-iterable ``(x, y)`` batches; restarted as often as needed to reach ``num_it``.
+        loss_fn: ``loss_fn(output, target)``, e.g. ``torch.nn.functional.cross_entropy``; or
+            ``"model"`` for a model that returns its own loss (an output with ``.loss``, a dict
+            with ``"loss"``, or a 0-d tensor, as Hugging Face models do when given ``labels``).
+        batches: re-iterable batches; restarted as often as needed to reach ``num_it``.
         optimizer: the optimizer to test, with the momentum and weight decay of the real run;
-            its learning rate is overwritten each batch (all param groups alike).
-        start_lr, end_lr: the range of learning rates (``start_lr < end_lr``).
-        num_it: number of batches; iteration ``i`` runs at
+            its learning rate is overwritten each step (all param groups alike).
+        start_lr, end_lr: the range of learning rates (``start_lr < end_lr``); ``start_lr=None``
+            starts from the LR the optimizer holds now.
+        num_it: number of steps; step ``i`` runs at
             ``start_lr * (end_lr/start_lr) ** (i / (num_it - 1))``, so the last at ``end_lr``
             (fastai divides by ``num_it`` instead: ``endpoint=False``; see the module's docstring).
         mode: ``"exp"`` (geometric steps, the post) or ``"linear"`` (Smith's CLR paper).
         beta: smoothing of the loss, ``avg = beta*avg + (1-beta)*loss``, divided by ``1 - beta**k``.
         stop_factor: stop when the smoothed loss exceeds this times the best, or is not finite;
-            None never stops early. (The rule assumes a positive loss, as cross-entropy and MSE are.)
+            None never stops early. The rule needs a positive loss (cross-entropy, MSE): a
+            smoothed loss at or below zero raises a ValueError unless ``stop_factor=None``.
         val_batches: if given, the loss (and accuracy) are measured on these held-out batches
-            after each step, in eval mode, instead of on the training batch.
-        accuracy: also record the accuracy (argmax of the output) at each iteration.
+            after each step, in eval mode, instead of on the training batch (any layout that
+            ``unpack`` takes; the mean is weighted by the examples in each batch).
+        accuracy: also record the accuracy (argmax over dimension 1 of the output, or of its
+            ``.logits``, against the target) at each iteration.
         amp: bf16 autocast; default on for CUDA only.
         precision: ``"bf16"`` (same as ``amp=True``), ``"fp32"`` (``amp=False``) or None (use
             ``amp``). The one in effect is recorded as ``settings["precision"]``.
         endpoint: whether the last iteration runs at ``end_lr`` (True) or one step short of it,
             as in fastai 0.7 and the post (False).
+        unpack: ``unpack(batch) -> (inputs, target)``; the default takes ``(x, y)`` pairs and
+            dicts with a ``"labels"`` entry (:func:`clrlib.batches.default_unpack`). Inputs may be
+            a tensor (``model(x)``), a tuple (``model(*inputs)``) or a dict (``model(**inputs)``).
+        accumulation_steps: batches per step: the gradients of ``N`` batches are averaged before
+            each optimizer step, the LR moves once per ``N`` batches, and the loss recorded is
+            the mean over them (the effective batch is ``N`` times the loader's).
+        best_after: the first ``best_after`` steps are not taken as the best loss, so the test
+            cannot stop on them (except on a non-finite loss); 0 tracks the best from the start.
+            fastai 0.7 (the post) does not stop during its first 11 steps:
+            ``best_after=FASTAI_BEST_AFTER``.
 
     Returns:
         A :class:`FinderResult`.
 
     Raises:
-        ValueError: for a bad argument (naming it and its value), or a loss that is not finite
-            at the very first iteration (nothing to read off; the model is restored).
+        TypeError: for arguments in the wrong place (naming each: e.g. torch-lr-finder's order
+            ``(model, optimizer, criterion, loader)``), or a batch ``unpack`` cannot read.
+        ValueError: for a bad argument (naming it and its value), a loss that is not finite at
+            the very first iteration, or a smoothed loss at or below zero under the stop rule
+            (nothing to read off; the model is restored in every case).
+
+    Example (a model that returns its own loss, fed dict batches):
+        >>> class Text(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.emb, self.out = torch.nn.Embedding(50, 8), torch.nn.Linear(8, 2)
+        ...     def forward(self, input_ids, labels):
+        ...         loss = torch.nn.functional.cross_entropy(self.out(self.emb(input_ids).mean(1)), labels)
+        ...         return {"loss": loss}
+        >>> _ = torch.manual_seed(0)
+        >>> model = Text()
+        >>> data = [{"input_ids": torch.randint(0, 50, (16, 5)), "labels": torch.randint(0, 2, (16,))}]
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        >>> result = lr_find(model, "model", data, opt, start_lr=None, end_lr=1.0, num_it=10,
+        ...                  accumulation_steps=2)
+        >>> len(result), result.lrs[0], result.settings["accumulation_steps"]
+        (10, 0.01, 2)
     """
-    _check_args(start_lr, end_lr, num_it, mode, beta, stop_factor)
+    _check_roles(model, loss_fn, batches, optimizer)
+    if start_lr is None:
+        start_lr = _optimizer_lr(optimizer)
+    _check_args(start_lr, end_lr, num_it, mode, beta, stop_factor, accumulation_steps, best_after)
+    for name, flag in (("accuracy", accuracy), ("endpoint", endpoint)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
+    if val_batches is not None and (isinstance(val_batches, (torch.Tensor, str, Mapping))
+                                    or not hasattr(val_batches, "__iter__")):
+        raise TypeError(f"val_batches must be an iterable of batches or None, got {_what(val_batches)}")
     amp = _resolve_amp(precision, amp)
     device = model_device(model)
+    forward = _Forward(model, loss_fn, resolve_unpack(unpack, loss_fn), device, model_is_channels_last(model))
     in_effect = amp if amp is not None else device.type == "cuda"
     result = FinderResult(settings=dict(start_lr=start_lr, end_lr=end_lr, num_it=num_it, mode=mode,
                                         beta=beta, stop_factor=stop_factor,
                                         held_out=val_batches is not None, accuracy=accuracy,
-                                        precision="bf16" if in_effect else "fp32", endpoint=endpoint))
+                                        precision="bf16" if in_effect else "fp32", endpoint=endpoint,
+                                        accumulation_steps=accumulation_steps, best_after=best_after))
     saved = snapshot(model, optimizer)
     try:
         if not model.training:  # a model already training keeps its own per-layer settings
             model.train()
         # the precision recorded is the one used, for the training steps and any held-out loss alike
-        _run(result, model, loss_fn, _repeat(batches), optimizer, val_batches, in_effect)
+        _run(result, forward, _repeat(batches), optimizer, val_batches, in_effect)
     finally:
         restore(model, optimizer, saved)
     return result
 
 
-def _run(result: FinderResult, model: nn.Module, loss_fn: Callable, batches: Iterator,
-         optimizer: torch.optim.Optimizer, val_batches: Iterable | None, amp: bool) -> None:
+@dataclass
+class _Forward:
+    """How the range test turns a batch into an output and a loss: unpack it, move it to the
+    model's device (channels-last for 4-d float inputs if the model is), call the model."""
+
+    model: nn.Module
+    loss_fn: Callable | str
+    unpack: Callable
+    device: torch.device
+    channels_last: bool
+
+    def __call__(self, batch) -> tuple:
+        """``(output, target, inputs)`` of a batch."""
+        parts = self.unpack(batch)
+        if not (isinstance(parts, (tuple, list)) and len(parts) == 2):
+            raise TypeError(f"unpack must return (inputs, target), got {_what(parts)}")
+        inputs = to_device(parts[0], self.device, self.channels_last)
+        target = to_device(parts[1], self.device)
+        return call_model(self.model, inputs), target, inputs
+
+    def loss(self, output, target, fp32: bool = False) -> torch.Tensor:
+        """The loss of an output: ``loss_fn(output, target)``, or the model's own."""
+        if isinstance(self.loss_fn, str):
+            loss = output_loss(output)
+            return loss.float() if fp32 else loss
+        return self.loss_fn(output.float() if fp32 else output, target)
+
+
+def _correct(output, target) -> tuple[int, int]:
+    """Right predictions (argmax over dimension 1 of the logits) and predictions made."""
+    logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
+    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError(f"accuracy=True needs logits (a tensor output, or one with .logits) and a target "
+                        f"tensor, got an output {type(output).__name__} and a target {type(target).__name__}")
+    hits = logits.argmax(1) == target
+    return int(hits.sum().item()), hits.numel()
+
+
+_END = object()
+
+
+def _train_step(forward: _Forward, optimizer, batches: Iterator, n: int, amp_ctx, accuracy: bool):
+    """One optimizer step on ``n`` batches (gradients averaged); ``(mean loss, accuracy)``, or None
+    if the batches ran out before ``n`` (that step is not taken)."""
+    optimizer.zero_grad(set_to_none=True)
+    losses, right, made = [], 0, 0
+    for _ in range(n):
+        batch = next(batches, _END)
+        if batch is _END:
+            return None
+        with amp_ctx:
+            output, target, _ = forward(batch)
+            loss = forward.loss(output, target)
+        (loss if n == 1 else loss / n).backward()
+        losses.append(loss.detach())
+        if accuracy:
+            hits, total = _correct(output.detach() if isinstance(output, torch.Tensor) else output, target)
+            right, made = right + hits, made + total
+    optimizer.step()
+    return math.fsum(loss.item() for loss in losses) / n, (right / made if accuracy else None)
+
+
+@torch.no_grad()
+def _held_out(forward: _Forward, batches: Iterable, amp: bool, accuracy: bool) -> tuple[float, float | None]:
+    """Mean loss (fp32, weighted by examples per batch) and accuracy on ``batches``, in eval mode."""
+    modes = training_modes(forward.model)
+    forward.model.eval()
+    total = torch.zeros((), device=forward.device)
+    examples, right, made = 0, 0, 0
+    try:
+        with autocast(forward.device, amp):
+            for batch in batches:
+                output, target, inputs = forward(batch)
+                size = count(inputs, target)
+                total += forward.loss(output, target, fp32=True) * size
+                examples += size
+                if accuracy:
+                    hits, predictions = _correct(output, target)
+                    right, made = right + hits, made + predictions
+    finally:
+        restore_training_modes(modes)
+    if examples == 0:
+        raise ValueError("val_batches is empty")
+    return total.item() / examples, (right / made if accuracy else None)
+
+
+def _stops(settings: dict, i: int, lr: float, loss: float, smoothed: float, best: float) -> bool:
+    """Whether the test stops at iteration ``i``: a non-finite loss, or the stop rule.
+
+    Raises:
+        ValueError: for a non-finite loss at the first iteration, or a smoothed loss at or
+            below zero while the stop rule is on (the rule means nothing there).
+    """
+    if i == 0 and not math.isfinite(smoothed):
+        raise ValueError(f"the loss was not finite ({loss!r}) at the first iteration of the range "
+                         f"test, at LR {lr!r}: try a smaller start_lr, or check the data, the "
+                         "labels and the loss function")
+    if not math.isfinite(smoothed):
+        return True
+    factor = settings["stop_factor"]
+    if factor is None:
+        return False
+    if smoothed <= 0:
+        raise ValueError(f"the smoothed loss is {smoothed:.4g} at iteration {i} (LR {lr:.3g}): the stop "
+                         f"rule (stop at stop_factor={factor!r} times the best loss) needs a positive "
+                         "loss such as cross-entropy or MSE. For a loss that can be zero or negative "
+                         "(a log-likelihood, a shifted loss) pass stop_factor=None, or add a constant "
+                         "that keeps the loss positive")
+    return i > 0 and smoothed > factor * best
+
+
+def _run(result: FinderResult, forward: _Forward, batches: Iterator, optimizer: torch.optim.Optimizer,
+         val_batches: Iterable | None, amp: bool) -> None:
     """The range test's loop, filling ``result`` (whose settings hold the other arguments)."""
     s = result.settings
-    device = model_device(model)
-    amp_ctx = autocast(device, amp)
+    amp_ctx = autocast(forward.device, amp)
     avg, best = 0.0, math.inf
-    for i, (lr, (x, y)) in enumerate(zip(_schedule(s["start_lr"], s["end_lr"], s["num_it"], s["mode"], s["endpoint"]),
-                                         batches)):
+    for i, lr in enumerate(_schedule(s["start_lr"], s["end_lr"], s["num_it"], s["mode"], s["endpoint"])):
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, out = train_step(model, loss_fn, optimizer, x, y, amp_ctx)
-        loss = loss.item()
-        acc = (out.argmax(1) == y).float().mean().item() if s["accuracy"] else None
+        step = _train_step(forward, optimizer, batches, s["accumulation_steps"], amp_ctx, s["accuracy"])
+        if step is None:
+            return
+        loss, acc = step
         if val_batches is not None:
-            loss, acc = evaluate(model, val_batches, loss_fn, amp)
+            loss, acc = _held_out(forward, val_batches, amp, s["accuracy"])
         avg = s["beta"] * avg + (1 - s["beta"]) * loss
         smoothed = avg / (1 - s["beta"] ** (i + 1))
-        if i == 0 and not math.isfinite(smoothed):
-            raise ValueError(f"the loss was not finite ({loss!r}) at the first iteration of the range "
-                             f"test, at LR {lr!r}: try a smaller start_lr, or check the data, the "
-                             "labels and the loss function")
-        if not math.isfinite(smoothed) or (s["stop_factor"] is not None and i > 0
-                                           and smoothed > s["stop_factor"] * best):
+        if _stops(s, i, lr, loss, smoothed, best):
             result.stop_lr = lr
             return
-        best = min(best, smoothed)
+        if i >= s["best_after"]:
+            best = min(best, smoothed)
         result.lrs.append(lr)
         result.losses.append(smoothed)
         result.raw_losses.append(loss)

@@ -345,10 +345,11 @@ def test_batches_are_repeated_and_a_one_shot_iterator_warns():
     res = prob.find(start_lr=1e-4, end_lr=1e-2, num_it=7)  # one batch, repeated 7 times
     assert len(res) == 7
     one_shot = iter([(prob.X, prob.y)] * 3)
-    with pytest.warns(RuntimeWarning, match="ran out after 3 batches"):
+    with pytest.warns(RuntimeWarning, match="ran out after 3 batches") as caught:
         res = lr_find(prob.model, half_mse, one_shot, prob.optimizer, start_lr=1e-4, end_lr=1e-2,
                       num_it=7)
     assert len(res) == 3
+    assert caught[0].filename == __file__  # the warning points at the caller's line
     with pytest.raises(ValueError, match="empty"):
         lr_find(prob.model, half_mse, [], prob.optimizer, start_lr=1e-4, end_lr=1e-2, num_it=7)
 
@@ -639,23 +640,21 @@ def test_bad_or_conflicting_precision_raises(precision, amp, match):
         _dtype_seen(precision, amp)
 
 
-def test_held_out_losses_use_the_recorded_precision(monkeypatch):
-    """evaluate() on its own follows the CPU's default precision; inside the range test it must
-    use the test's own (recorded) one, like the training steps."""
-    from clrlib import finder as finder_module
+@pytest.mark.parametrize("precision,dtype", [(None, torch.float32), ("bf16", torch.bfloat16)])
+def test_held_out_losses_use_the_recorded_precision(monkeypatch, precision, dtype):
+    """On its own, evaluate() follows the CPU's default precision; inside the range test the
+    held-out forward passes must use the test's own (recorded) one, like the training steps."""
     from clrlib import train as T
     monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)  # a CPU whose default would be bf16
-    seen = []
-
-    def spy(model, batches, loss_fn=None, amp=None, **kwargs):
-        seen.append(amp)
-        return T.evaluate(model, batches, loss_fn, amp, **kwargs)
-
-    monkeypatch.setattr(finder_module, "evaluate", spy)
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
+    seen = []
+    model.register_forward_hook(lambda module, args, out: seen.append((module.training, out.dtype)))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = [(torch.randn(16, 4), torch.randn(16, 1)) for _ in range(4)]
     result = lr_find(model, torch.nn.functional.mse_loss, batches, opt, start_lr=1e-4, end_lr=1e-2,
-                     num_it=5, val_batches=batches[:1])
-    assert result.settings["precision"] == "fp32" and seen and all(a is False for a in seen)
+                     num_it=5, val_batches=batches[:1], precision=precision)
+    assert result.settings["precision"] == ("bf16" if precision else "fp32")
+    held_out = [d for training, d in seen if not training]
+    assert len(held_out) == 5 and set(held_out) == {dtype}
+    assert {d for training, d in seen if training} == {dtype}
