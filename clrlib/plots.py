@@ -75,14 +75,15 @@ def _mark_finder(result, ax, color, suggestions: Sequence[str], marks: Sequence[
     """Draw :func:`plot_finder`'s suggestion markers, then the blow-up line and the minimum."""
     import itertools
 
-    from .finder import SUGGESTION_USES
-
+    # what each rule is for comes with the result (FinderResult.suggestion_uses): this module
+    # does not import clrlib.finder, which imports it (FinderResult.plot)
+    uses = getattr(result, "suggestion_uses", {})
     suffix = f" ({label})" if label else ""
     markers = itertools.cycle("ovs^Dp*")
     for method in suggestions if len(result) >= 3 else ():  # too short a curve to suggest from
         lr = result.suggest(method)
         loss = result.loss_at(lr)
-        use = SUGGESTION_USES.get(method)
+        use = uses.get(method)
         ax.plot([lr], [loss], next(markers), color=color, ms=7,
                 label=f"{method}" + (f" ({use})" if use else "") + f": {lr:.3g}" + suffix)
     if "blowup" in marks and len(result):

@@ -644,8 +644,12 @@ def test_bad_or_conflicting_precision_raises(precision, amp, match):
 def test_held_out_losses_use_the_recorded_precision(monkeypatch, precision, dtype):
     """On its own, evaluate() follows the CPU's default precision; inside the range test the
     held-out forward passes must use the test's own (recorded) one, like the training steps."""
+    import sys
+
     from clrlib import train as T
-    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)  # a CPU whose default would be bf16
+    for module in (T, sys.modules.get("clrlib.device")):  # where the device policy lives
+        if module is not None and hasattr(module, "cpu_has_native_bf16"):
+            monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: True)  # a CPU whose default is bf16
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     seen = []
