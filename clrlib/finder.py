@@ -1,10 +1,12 @@
 """The learning-rate range test ("LR finder").
 
-Train for ``num_it`` batches while the learning rate grows from ``start_lr`` to
-``end_lr`` (exponentially by default), record the loss, smooth it with a
-bias-corrected exponential moving average, and stop once the smoothed loss exceeds
-``stop_factor`` times the best seen (or is not finite). The model's weights,
-buffers and the optimizer's state are then restored, in memory, to what they were.
+Train for ``num_it`` steps (of one batch, or ``accumulation_steps`` batches) while the
+learning rate grows from ``start_lr`` to ``end_lr`` (exponentially by default), record the
+loss, smooth it with a bias-corrected exponential moving average, and stop once the smoothed
+loss exceeds ``stop_factor`` times the best seen (or is not finite). The model's weights,
+buffers, train/eval flags and the optimizer's state are then restored, in memory, to what they
+were. Batches may have any layout (``unpack=``; dict and tuple inputs, a model that returns its
+own loss with ``loss_fn="model"``: see :mod:`clrlib.batches`).
 
 By default the exponential schedule is ``lr_i = start_lr * (end_lr / start_lr) ** (i / (num_it - 1))``
 for ``i = 0 .. num_it - 1``, so the last iteration runs at ``end_lr`` exactly. fastai 0.7 (and
@@ -80,7 +82,7 @@ FASTAI_BEST_AFTER = 11
 
 @dataclass
 class FinderResult:
-    """What :func:`lr_find` recorded, as plain lists (one entry per batch kept).
+    """What :func:`lr_find` recorded, as plain lists (one entry per step kept).
 
     Attributes:
         lrs: the learning rate of each iteration.
