@@ -98,29 +98,6 @@ def test_schedule_mismatch_of_an_lr_only_schedule_ignores_momentum():
     assert analysis.schedule_mismatch(h, partial(constant, lr=0.3)) == pytest.approx(0.2)
 
 
-# --- flatten / split -------------------------------------------------------------------------------------
-
-def test_split_undoes_flatten():
-    groups = [["a", "b"], [], ["c"], ["d", "e", "f"]]
-    flat = analysis.flatten(groups)
-    assert flat == ["a", "b", "c", "d", "e", "f"]
-    assert analysis.split(flat, groups) == groups
-    assert analysis.split([x.upper() for x in flat], groups) == [["A", "B"], [], ["C"], ["D", "E", "F"]]
-    assert analysis.flatten([]) == [] and analysis.split([], []) == []
-
-
-def test_split_refuses_a_length_mismatch():
-    with pytest.raises(ValueError, match="5 items but the groups hold 6"):
-        analysis.split(list(range(5)), [[1, 2], [3, 4, 5, 6]])
-    with pytest.raises(ValueError, match="7 items but the groups hold 6"):
-        analysis.split(list(range(7)), [[1, 2], [3, 4, 5, 6]])
-
-
-def test_momentum_variants():
-    assert analysis.momentum_variants([0.95, 0.85], [0.9, 0.85]) == {
-        "cyclical": (0.95, 0.85), "constant 0.9": (0.9, 0.9), "constant 0.85": (0.85, 0.85)}
-
-
 # --- the weight-decay rule -----------------------------------------------------------------------------
 
 def result(blowup: float, stopped: bool = True) -> FinderResult:

@@ -40,9 +40,8 @@ def test_a_failing_check_is_named_and_exits_non_zero(monkeypatch):
 def test_profile_epochs_counts_the_runs_of_each_profile():
     counts = {p: doctor.profile_epochs(p) for p in ("smoke", "quick", "full")}
     assert counts["smoke"] < counts["quick"] < counts["full"]
-    # full: 02 3x48, 03 3 seeds x 95 + its fp32 control, 04 3 seeds x (50+70+95),
-    # 05 3 seeds x three constant momenta x (95+50); the cyclical runs of 05 are 03's and 04's;
-    # 07 3 seeds x 70 (its hand-picked runs are 04's)
-    assert counts["full"] == 3 * 48 + 4 * 95 + 3 * (50 + 70 + 95) + 3 * 3 * (95 + 50) + 3 * 70
-    # quick: 02 3x8, 03 (3 seeds + He init) x 12, 04 8+12+12, 05 3 x 12, 07 3 x 12 + ResNet-8's pair 2 x 12
-    assert counts["quick"] == 3 * 8 + 4 * 12 + (8 + 12 + 12) + 3 * 12 + 3 * 12 + 2 * 12
+    # full, in ResNet-56 epochs on all the data: 02 3x48, 03 3 seeds x 95 + its fp32 control,
+    # 04 3 seeds x (50+70+95), 05 3 seeds x three constant momenta x (95+50) (its cyclical runs are
+    # 03's and 04's), 07 3 seeds x 70 (its hand-picked runs are 04's); 08's 3 x 30 epochs of ResNet-20
+    assert counts["full"] == pytest.approx(3 * 48 + 4 * 95 + 3 * (50 + 70 + 95) + 3 * 3 * (95 + 50) + 3 * 70
+                                           + 3 * 30 * 18 / 54)

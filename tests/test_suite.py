@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from clrlib.lab import suite
-from clrlib.lab.specs import ScheduleSpec
 from clrlib.lab.suite import ProfileError
 
 
@@ -261,13 +260,15 @@ def test_save_figure_keeps_its_caption_for_the_gallery(smoke_experiment):
     assert json.loads((exp.out / "figures.json").read_text()) == [{"name": "curve", "caption": "what to see in it"}]
 
 
-def test_experiment_specs_carry_the_notebooks_settings(smoke_experiment):
+def test_the_experiments_plan_carries_the_notebooks_settings_with_its_precision_resolved(smoke_experiment):
     exp = smoke_experiment
-    spec = exp.train_spec(ScheduleSpec.make("one_cycle", max_lr=0.5), 2, seed=1)
+    plan = exp.plan()
+    assert plan.notebook == "03_one_cycle" and plan.headline == ["1cycle, max LR 0.8, 4 epochs"]
+    spec = plan.groups[plan.headline[0]][1]
     assert spec.model.depth == 8 and spec.batch_size == 32 and spec.data.synthetic and spec.seed == 1
     assert spec.weight_decay == 1e-4 and spec.drop_last is False
-    finder = exp.finder_spec(num_it=5, weight_decay=1e-3)
-    assert finder.num_it == 5 and finder.weight_decay == 1e-3 and finder.batch_size == 32
+    assert {s.precision for s in plan.specs()} <= {"fp32", "bf16"}  # "auto" resolved on the Lab's device
+    assert plan.groups["fp32 control"][0].precision == "fp32"
 
 
 def test_the_compile_parameter_reaches_the_lab(tmp_path):

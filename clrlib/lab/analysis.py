@@ -18,8 +18,8 @@ import pandas as pd
 from ..train import epoch_table
 
 __all__ = ["epoch_table", "final_accuracy", "first_epoch_reaching", "loss_gap", "schedule_mismatch",
-           "mean_std", "t_critical", "confidence_interval", "welch_difference", "momentum_variants",
-           "flatten", "split", "largest_weight_decay_at_high_lr"]
+           "mean_std", "t_critical", "confidence_interval", "welch_difference",
+           "largest_weight_decay_at_high_lr"]
 
 # Two-sided 95% critical values of Student's t for 1..30 degrees of freedom (then 1.96 in the limit).
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -56,22 +56,6 @@ def schedule_mismatch(history: pd.DataFrame, schedule: Callable) -> float:
         want_lr, want_mom = value if isinstance(value, tuple) else (value, None)
         worst = max(worst, abs(lr - want_lr), abs(momentum - want_mom) if want_mom is not None else 0.0)
     return worst
-
-
-def flatten(groups: Iterable[Sequence]) -> list:
-    """``[[a, b], [c]] -> [a, b, c]``: the specs of several comparisons, to get their runs in one call."""
-    return [item for group in groups for item in group]
-
-
-def split(items: Sequence, groups: Iterable[Sequence]) -> list[list]:
-    """The inverse of :func:`flatten`: ``items`` cut into lists as long as each of ``groups``."""
-    out, start = [], 0
-    for group in groups:
-        out.append(list(items[start:start + len(group)]))
-        start += len(group)
-    if start != len(items):
-        raise ValueError(f"split: {len(items)} items but the groups hold {start}")
-    return out
 
 
 def mean_std(values: Sequence[float] | float) -> tuple[float, float, int]:
@@ -127,13 +111,6 @@ def welch_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     half = t_critical(df) * se
     verdict = "real at 95%" if abs(ma - mb) > half else "within noise"
     return dict(difference=ma - mb, ci95=half, df=df, verdict=verdict)
-
-
-def momentum_variants(cyclical: Sequence[float], constants: Sequence[float]) -> dict[str, tuple[float, float]]:
-    """The momentum settings of a comparison: ``{"cyclical": (hi, lo), "constant 0.9": (0.9, 0.9), ...}``."""
-    variants = {"cyclical": (float(cyclical[0]), float(cyclical[1]))}
-    variants.update({f"constant {m:g}": (float(m), float(m)) for m in constants})
-    return variants
 
 
 def largest_weight_decay_at_high_lr(by_weight_decay: Mapping[float, object], within: float = 2.0,

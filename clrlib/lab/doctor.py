@@ -25,6 +25,8 @@ from .. import train as _train
 from ..models import resnet_cifar
 from .provenance import machine_info
 from ..schedules import one_cycle
+from .runner import gather
+from .specs import TrainSpec
 
 __all__ = ["run_doctor", "profile_epochs", "Check"]
 
@@ -36,23 +38,27 @@ class Check:
     detail: str
 
 
-def profile_epochs(profile: str) -> int:
-    """Training epochs in ``profile`` (seeds included), from its notebooks' settings.
+def profile_epochs(profile: str) -> float:
+    """The training work of ``profile``, in epochs of ResNet-56 over all 50,000 CIFAR-10 images.
 
-    A projection: it mirrors the specs each notebook builds (05's cyclical runs are 03's and 04's;
-    07's hand-picked runs at the main depth are 03's or 04's, counted once there). Epochs of
-    deeper or shallower networks (07's ``other_depths``) count as epochs of the main one.
+    The sum over the training runs of the profile's plans (:mod:`clrlib.lab.plans`), each distinct
+    run once (05's cyclical runs are 03's and 04's, 07's hand-picked ones 03's or 04's), with the
+    runs a later stage will add as the plan declares them (07's recipe runs). An epoch of another
+    depth counts by its residual blocks, (depth - 2) / 54, and of a subset by its share of the
+    images; the batch size is not modelled, nor are range tests and evaluation.
     """
-    from .suite import apply_profile
-    p = {n: apply_profile(n, profile) for n in ("02_cyclical_lr", "03_one_cycle", "04_super_convergence",
-                                                "05_momentum", "07_auto_recipe")}
-    nb2, nb3, nb4, nb5, nb7 = p.values()
-    total = 3 * nb2["epochs"] * len(nb2["seeds"])
-    total += nb3["epochs"] * (len(nb3["seeds"]) + bool(nb3["fp32_control"]) + len(nb3["init_controls"]))
-    total += (sum(nb4["sc_epochs"]) + nb4["short_epochs"]) * len(nb4["seeds"])
-    total += sum(s[3] for s in nb5["settings"]) * len(nb5["constant_moms"]) * len(nb5["seeds"])
-    total += nb7["epochs"] * (len(nb7["seeds"]) + 2 * len(nb7["other_depths"]))
-    return total
+    work, seen = 0.0, set()
+    for plan in gather(profile):
+        for spec in plan.specs():
+            if isinstance(spec, TrainSpec) and spec not in seen:
+                seen.add(spec)
+                work += _resnet56_epochs(spec.epochs, spec.model.depth, spec.data.n_train)
+        work += sum(_resnet56_epochs(r.epochs, r.depth, r.n_train) for r in plan.pending)
+    return work
+
+
+def _resnet56_epochs(epochs: int, depth: int, n_train: int) -> float:
+    return epochs * (depth - 2) / 54 * n_train / 50_000
 
 
 def _size(full: bool, device: torch.device) -> dict:
@@ -152,8 +158,9 @@ def run_doctor(full: bool = False, device: str | None = None, log: Callable[[str
             for profile in ("full",):
                 epochs = profile_epochs(profile)
                 checks.append(Check(f"projected: {profile} profile", True,
-                                    f"{epochs} epochs x {timing['fast']:.2f} s = {epochs * timing['fast'] / 60:.0f} "
-                                    "min of training (range tests and evaluation extra)"))
+                                    f"{epochs:.0f} ResNet-56 epochs x {timing['fast']:.2f} s = "
+                                    f"{epochs * timing['fast'] / 60:.0f} min of training (range tests and "
+                                    "evaluation extra)"))
     width = max(len(c.name) for c in checks)
     for c in checks:
         log(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<{width}}  {c.detail}")

@@ -1,7 +1,7 @@
 """The notebook suite: its notebooks, their parameters, the profiles, and the helper each notebook uses.
 
 Each notebook in ``notebooks/`` starts with a cell tagged ``parameters``: literal settings whose
-defaults are the post's. A profile, ``clrlib/profiles/<profile>.yaml``, overrides some of them
+defaults are the post's. A profile, ``clrlib/lab/profiles/<profile>.yaml``, overrides some of them
 (a ``common`` section, then one per notebook). :func:`apply_profile` is the one place where a
 profile meets a notebook's parameters: the runner calls it to make papermill's parameters, and
 a notebook opened by hand calls it (through :func:`start`) when its ``profile`` parameter is
@@ -11,9 +11,9 @@ parameter's default when the profile is read; the error names the file, section 
 Inside a notebook::
 
     exp = suite.start("03_one_cycle", globals())   # the parameters, profile applied; data and store ready
-    specs = [exp.train_spec(ScheduleSpec.make("one_cycle", max_lr=max_lr), epochs, seed=s) for s in seeds]
-    histories = exp.fit_many(specs)                # from the run store, or trained
-    exp.record("1cycle", "final test accuracy (%)", [...], post_value=93.53)
+    plan = exp.plan()                              # its runs, named groups (clrlib.lab.plans)
+    runs = exp.get(plan)                           # {group: [history, ...]}, from the store or trained
+    exp.record(name, "final test accuracy (%)", [...], post_value=plan.post[name])
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ import pandas as pd
 from . import analysis
 from .provenance import REPO_ROOT, git_commit, machine_info
 from .runs import Lab
-from .specs import DataSpec, FinderSpec, ModelSpec, ScheduleSpec, TrainSpec
+from .plans import Plan, common_settings, plan_for
+from .specs import FinderSpec, TrainSpec
 from .store import atomic_write_text, jsonable
 from ..train import resolve_precision
 
@@ -206,9 +207,8 @@ class Experiment:
         self.out = Path(params.get("out_dir") or REPO_ROOT / "results" / self.profile / notebook)
         self.out.mkdir(parents=True, exist_ok=True)
         p = self.params
-        self.model = ModelSpec(p.get("depth", 56), p.get("shortcut", "B"), p.get("init", "post"))
-        self.data = DataSpec(p.get("dataset", "cifar10"), p.get("train_subset"), p.get("test_subset"),
-                             p.get("synthetic_train", 512), p.get("synthetic_test", 256))
+        shared = common_settings(p)
+        self.model, self.data = shared["model"], shared["data"]
         self.lab = Lab(self.out.parent / "runs", data_root=p.get("data_root"), device=p.get("device"),
                        compile=p.get("compile_model"), progress=bool(p.get("progress", False)),
                        redo=bool(p.get("redo", False)), log=print)
@@ -234,28 +234,13 @@ class Experiment:
                 f"{self.model.label}, batch {self.params.get('batch_size', 512)}, device {self.lab.device}, "
                 f"results in {self.out}")
 
-    def _common(self, overrides: dict) -> dict:
-        p = self.params
-        precision = resolve_precision(p.get("precision", "auto"), self.lab.device)  # specs show what runs
-        common = dict(model=self.model, data=self.data, batch_size=p.get("batch_size", 512),
-                      weight_decay=p.get("weight_decay", 1e-4), drop_last=p.get("drop_last", False),
-                      precision=precision)
-        return {**common, **overrides}
+    def plan(self) -> Plan:
+        """This notebook's plan (:mod:`clrlib.lab.plans`) under its parameters, with the precision
+        resolved on this device, so that its specs show what runs (their keys are unchanged)."""
+        precision = resolve_precision(self.params.get("precision", "auto"), self.lab.device)
+        return plan_for(self.notebook, {**self.params, "precision": precision})
 
-    def train_spec(self, schedule: ScheduleSpec, epochs: int, seed: int = 0, **overrides) -> TrainSpec:
-        """A training spec with this notebook's model, data, batch size, weight decay and precision."""
-        return TrainSpec(schedule, epochs, seed=seed, **self._common(overrides))
-
-    def finder_spec(self, seed: int = 0, **overrides) -> FinderSpec:
-        """A range-test spec with this notebook's settings (``start_lr``, ``num_it``, ... as overrides)."""
-        return FinderSpec(seed=seed, **self._common(overrides))
-
-    def plan(self):
-        """This notebook's plan (:mod:`clrlib.lab.plans`) under its parameters."""
-        from .plans import plan_for
-        return plan_for(self.notebook, self.params)
-
-    def get(self, plan) -> dict[str, list]:
+    def get(self, plan: Plan) -> dict[str, list]:
         """Every group of ``plan`` as its runs: histories for training specs, results for range
         tests, from the run store (or trained where missing)."""
         specs = plan.specs()
