@@ -83,8 +83,13 @@ def test_compiled_schedule_log_is_exact(runs):
 
 
 def test_settings_recorded(runs):
-    assert runs["first"].attrs["fit"] == {"precision": "fp32", "compile": "default",
-                                          "channels_last": False, "device": "cpu"}
+    record = runs["first"].attrs["fit"]
+    assert {k: record[k] for k in ("precision", "compile", "channels_last", "device")} == {
+        "precision": "fp32", "compile": "default", "channels_last": False, "device": "cpu"}
+    assert record["compile_asked"] == "default" and record["compile_fallback"] is None
+    assert record["graphs_compiled"] == 3 and record["cudagraph_skips"] == 0
+    assert record["cold_compile_seconds"] > 0  # the first step's compilation
+    assert runs["second"].attrs["fit"]["graphs_compiled"] == 0  # reused
     assert runs["eager"].attrs["fit"]["compile"] is False
     assert runs["second"]["loss"].notna().all()
 
