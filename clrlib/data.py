@@ -16,6 +16,7 @@ import codecs
 import functools
 import hashlib
 import io
+import math
 import os
 import pickle
 import urllib.error
@@ -174,18 +175,63 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     return allowed
 
 
+class _DirectArrayCall(Exception):
+    """A pickle called numpy.ndarray itself (reported by ``_unpickle`` with the file's name)."""
+
+
+class _ArrayClass:
+    """What ``numpy.ndarray`` unpickles as: only ``_reconstruct``'s first argument. Called (or
+    ``__new__``-ed), numpy.ndarray would allocate an array of any declared shape from a few bytes."""
+
+    def __new__(cls, *args, **kwargs):
+        raise _DirectArrayCall(f"its pickle calls numpy.ndarray{args!r} directly, which no CIFAR-10 file does")
+
+
+def _declared_bytes(shape, dtype) -> int:
+    """The bytes an array of ``shape`` and ``dtype`` needs (ValueError/TypeError if they are not valid)."""
+    dims = [int(d) for d in shape] if isinstance(shape, (tuple, list)) else [int(shape)]
+    if any(d < 0 for d in dims):
+        raise ValueError(f"negative dimension in {shape!r}")
+    return math.prod(dims) * np.dtype(dtype).itemsize
+
+
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickles only plain containers, strings, numbers and numpy arrays (see ``_allowed_globals``).
+
+    An array is reconstructed only if its declared size fits in the file: a tiny file that
+    declares a huge array is refused before anything is allocated (a real array's bytes are
+    in the file).
 
     Args:
         file: the pickle's bytes, as a binary file.
         path: the file's name, for error messages.
+        size: the file's size in bytes.
     """
 
-    def __init__(self, file, path: Path) -> None:
+    def __init__(self, file, path: Path, size: int) -> None:
         super().__init__(file, encoding="latin1")  # latin1: the official Python-2 pickles
-        self.path = path
+        self.path, self.size = path, size
         self.allowed = _allowed_globals()
+        for key, value in self.allowed.items():
+            if key[1] == "_reconstruct":
+                self.allowed[key] = functools.partial(self._reconstruct, value)
+        self.allowed[("numpy", "ndarray")] = _ArrayClass
+
+    def _reconstruct(self, reconstruct, subtype, shape, dtype):
+        """numpy's ``_reconstruct(ndarray, shape, dtype)``, once the declared size is checked."""
+        try:
+            declared = _declared_bytes(shape, dtype)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise CifarFormatError(f"malformed CIFAR-10 file {self.path}: it declares an array of shape {shape!r} "
+                                   f"and dtype {dtype!r}, which is not valid ({e})") from e
+        if subtype is not _ArrayClass:
+            raise CifarFormatError(f"unsafe CIFAR-10 file {self.path}: it reconstructs an array of {subtype!r}")
+        if declared > self.size:
+            raise CifarFormatError(
+                f"malformed CIFAR-10 file {self.path}: it declares an array of shape {tuple(shape)!r} and dtype "
+                f"{np.dtype(dtype)} ({declared:,} bytes), more than the whole file holds ({self.size:,} bytes); "
+                "refused before allocating it. Delete the folder and unpack or download the data again.")
+        return reconstruct(np.ndarray, shape, dtype)
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.allowed:
@@ -203,9 +249,12 @@ def _unpickle(path: Path) -> tuple[object, str]:
     """The object pickled in ``path`` (read with :class:`_SafeUnpickler`) and the file's SHA-256."""
     raw = path.read_bytes()
     try:
-        entry = _SafeUnpickler(io.BytesIO(raw), path).load()
+        entry = _SafeUnpickler(io.BytesIO(raw), path, len(raw)).load()
     except CifarFormatError:
         raise
+    except _DirectArrayCall as e:
+        raise CifarFormatError(f"unsafe CIFAR-10 file {path}: {e}; it was refused before allocating "
+                               "anything. Delete it and unpack or download the data again.") from None
     except Exception as e:  # truncated file, not a pickle at all
         raise CifarFormatError(f"corrupt CIFAR-10 file {path}: {type(e).__name__}: {e}. "
                                "Delete the folder and unpack or download it again.") from e
@@ -491,6 +540,25 @@ def synthetic_cifar10(n_train: int = 2048, n_test: int = 512, num_classes: int =
     return CifarArrays((*sample(n_train), *sample(n_test)), source="synthetic", synthetic=True)
 
 
+def _check_arrays_to_write(split: str, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` and ``y`` as tensors if the official layout holds them faithfully, else a ValueError."""
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
+        hint = (": they look like (N, 32, 32, 3) height-width-channel images; permute HWC to CHW first, "
+                "x.permute(0, 3, 1, 2)" if tuple(x.shape[1:]) == (32, 32, 3) else "")
+        raise ValueError(f"write_cifar10_folder: the {split} images must be uint8 of shape (N, 3, 32, 32), "
+                         f"got {x.dtype} of shape {tuple(x.shape)}{hint}")
+    integer = not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
+    if not integer or y.dim() != 1 or len(y) != len(x):
+        raise ValueError(f"write_cifar10_folder: the {split} labels must be {len(x)} integers (one per image), "
+                         f"got {y.dtype} of shape {tuple(y.shape)}")
+    outside = (y < 0) | (y > 9)
+    if outside.any():
+        i = int(outside.nonzero()[0])
+        raise ValueError(f"write_cifar10_folder: {split} label {int(y[i])} (image {i}) is outside 0..9")
+    return x, y
+
+
 def write_cifar10_folder(root: str | os.PathLike, arrays=None) -> Path:
     """Write images in the official "python version" layout under ``root/cifar-10-batches-py``.
 
@@ -506,8 +574,15 @@ def write_cifar10_folder(root: str | os.PathLike, arrays=None) -> Path:
 
     Returns:
         The ``cifar-10-batches-py`` folder written.
+
+    Raises:
+        ValueError: for images that are not uint8 of shape (N, 3, 32, 32) (channels first: the
+            files hold R, G and B planes, so (N, 32, 32, 3) images would come back scrambled),
+            or labels that are not N integers in 0..9; nothing is written then.
     """
     x_train, y_train, x_test, y_test = arrays if arrays is not None else synthetic_cifar10(100, 20)
+    x_train, y_train = _check_arrays_to_write("training", x_train, y_train)
+    x_test, y_test = _check_arrays_to_write("test", x_test, y_test)
     folder = Path(root) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     chunks = torch.tensor_split(torch.arange(len(x_train)), len(TRAIN_FILES))
