@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["PRECISIONS", "COMPILE_MODES", "CUDAGRAPH_MODES", "DevicePolicy", "resolve_policy",
-           "default_device", "cpu_flags", "cpu_vendor", "cpu_has_native_bf16", "cuda_has_native_bf16",
+           "default_device", "resolve_device", "cpu_flags", "cpu_vendor", "cpu_has_native_bf16", "cuda_has_native_bf16",
            "default_precision", "resolve_precision", "precision_and_amp", "autocast", "autocast_for",
            "default_channels_last", "has_conv2d_weights", "has_image_tensor", "resolve_channels_last",
            "resolve_compile", "model_device", "model_is_channels_last", "backend_flags"]
@@ -48,6 +48,36 @@ PRECISIONS = ("bf16", "fp32")
 # torch.compile's modes; the first two of CUDAGRAPH_MODES replay CUDA graphs on a GPU.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """The device a user named (``"cuda"``, ``"cuda:1"``, ``"cpu"``, ``"mps"``; None: :func:`default_device`),
+    or a ValueError naming it and the devices this machine has, when it is not one or is absent."""
+    if name is None or name == "":
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {name!r} is not a device name ({e}); {_available()}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here; {_available()}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s); {_available()}")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise ValueError(f"device {name!r} asked for, but MPS is not available here; {_available()}")
+    return device
+
+
+def _available() -> str:
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    return f"available: {', '.join(names)} (or None for the default, {default_device()})"
 
 
 def default_device() -> torch.device:

@@ -197,9 +197,11 @@ def test_start_with_a_bad_profile_in_the_environment_names_it(tmp_path, monkeypa
         suite.start("03_one_cycle", namespace())
 
 
-def test_start_without_a_profile_runs_the_full_settings(monkeypatch):
+def test_start_without_a_profile_runs_the_full_settings_on_a_gpu(monkeypatch):
     monkeypatch.delenv("CLRLIB_PROFILE", raising=False)
     monkeypatch.delenv("CLRLIB_OUT", raising=False)  # make test sets both for nbval
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # --profile auto: full on a GPU
+    monkeypatch.setattr(suite, "_interactive_data_root", lambda params: None)
     seen = {}
     monkeypatch.setattr(suite, "Experiment", lambda notebook, params: seen.update(params) or "exp")
     assert suite.start("03_one_cycle", namespace()) == "exp"

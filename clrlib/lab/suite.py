@@ -164,34 +164,107 @@ def apply_profile(notebook: str, profile: str, params: dict[str, Any] | None = N
 
 # --- inside a notebook ------------------------------------------------------------------------------
 
+#: Rough seconds per epoch of all 50,000 training images, by device type: (depth, seconds).
+#: ResNet-56 on a CUDA GPU (an H100-class one, compiled, bf16), ResNet-20 on a CPU (fp32); an
+#: epoch scales with depth and images. Only for the rough projection :func:`start` prints.
+EPOCH_SECONDS = {"cuda": (56, 1.0), "cpu": (20, 75.0), "mps": (20, 15.0)}
+
+
+def projected_seconds(notebook: str, params: dict[str, Any], device) -> float:
+    """A rough projection of the time ``notebook``'s plan takes on ``device`` (all its runs trained):
+    epochs x a per-device epoch (:data:`EPOCH_SECONDS`) scaled by depth and images."""
+    import torch
+    depth0, seconds = EPOCH_SECONDS.get(torch.device(device).type, EPOCH_SECONDS["cpu"])
+    total = 0.0
+    for spec in plan_for(notebook, {**params, "precision": "fp32"}).specs():
+        epochs = spec.epochs if isinstance(spec, TrainSpec) else spec.num_it / spec.steps_per_epoch
+        total += epochs * seconds * (spec.model.depth / depth0) * (spec.data.n_train / 50_000)
+    return total
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _interactive_data_root(params: dict[str, Any]) -> str | None:
+    """The data root of a notebook opened by hand, like ``make run``: its ``data_root``, else
+    ``$CLRLIB_DATA``, else the checkout's ``./data`` when it holds CIFAR-10, else the user cache.
+    Raises :class:`clrlib.data.DatasetNotFoundError` naming every place looked at when the
+    notebook needs CIFAR-10 and none holds it."""
+    from .. import data as _data
+    if params.get("data_root") is not None or os.environ.get("CLRLIB_DATA"):
+        return params.get("data_root")
+    checkout = REPO_ROOT / "data"
+    if _data.find_cifar10(checkout) is not None:
+        return str(checkout)
+    if not common_settings(params)["data"].synthetic and _data.find_cifar10(None) is None:
+        looked = ", ".join(str(p) for p in (checkout / _data.FOLDER, checkout))
+        raise _data.DatasetNotFoundError(
+            _data.not_found_message(_data.default_data_root())
+            + f"\nAlso looked in the checkout's data folder: {looked} (`make data` unpacks it there).")
+    return None
+
+
 def start(notebook: str, namespace: dict) -> "Experiment":
     """Read ``notebook``'s parameters from its namespace and start its :class:`Experiment`.
 
     The parameters are the names the notebook's parameters cell assigns. If ``profile`` is
-    None (a notebook opened by hand), the profile ``$CLRLIB_PROFILE`` (default "full", the
-    notebook's own settings) is applied with :func:`apply_profile`, written back into the
-    namespace so that the notebook's variables show what runs, and ``$CLRLIB_OUT`` (if set)
-    becomes the results folder's root.
+    None (a notebook opened by hand, or run by papermill without ``-p profile``), a profile
+    is applied with :func:`apply_profile`: ``$CLRLIB_PROFILE`` if set, else the runner's
+    ``--profile auto`` (full on a CUDA GPU, quick otherwise). A parameter whose value differs
+    from its parameters cell's default was passed by the user (papermill injects ``-p``/``-y``
+    values after the parameters cell) and wins over the profile; a value passed equal to the
+    default cannot be told apart from it, so the profile's value is used for it. The result is
+    written back into the namespace so that the notebook's variables show what runs, and
+    ``$CLRLIB_OUT`` (if set) becomes the results folder's root. The data is then found like
+    ``make run`` does (``data_root``, ``$CLRLIB_DATA``, the checkout's ``./data``, the user cache),
+    and one line is printed, the notebook's first output: profile, data, device and a rough
+    projection of the time its runs take. A CPU asked for the full profile warns first.
     """
-    params = {name: namespace[name] for name in notebook_parameters(notebook)}
+    from ..device import resolve_device
+    defaults = notebook_parameters(notebook)
+    params = {name: namespace[name] for name in defaults}
+    device = resolve_device(params.get("device"))  # a ValueError naming it and what is here, if absent
     if params.get("profile") is None:
-        profile = os.environ.get("CLRLIB_PROFILE") or "full"
-        params = apply_profile(notebook, profile, params)
+        import warnings
+        profile = os.environ.get("CLRLIB_PROFILE") or ("full" if device.type == "cuda" else "quick")
+        passed = {name: value for name, value in params.items()
+                  if name != "profile" and not _same(value, defaults[name])}
+        params = {**apply_profile(notebook, profile, params), **passed}
         if os.environ.get("CLRLIB_OUT") and params.get("out_dir") is None:
             params["out_dir"] = str(Path(os.environ["CLRLIB_OUT"]) / profile / notebook)
+        if "data_root" in params:
+            params["data_root"] = _interactive_data_root(params)
         namespace.update(params)
+        seconds = projected_seconds(notebook, params, device)
+        if profile == "full" and device.type == "cpu":
+            warnings.warn(f"{notebook}: the full profile on a CPU: its runs take roughly "
+                          f"{seconds / 3600:.0f} hours here; set CLRLIB_PROFILE=quick (or -p profile quick) "
+                          "for a run of minutes", stacklevel=2)
+        data = common_settings(params)["data"]
+        where = "synthetic data" if data.synthetic else f"CIFAR-10 from {params.get('data_root') or 'the default data root'}"
+        given = f", {sorted(passed)} as passed" if passed else ""
+        print(f"{notebook}: profile {profile}{given}; {where}; device {device}; "
+              f"roughly {_duration(seconds)} if every run is trained (a rough projection)")
     return Experiment(notebook, params)
 
 
+def _same(value, default) -> bool:
+    """Whether a parameter's value is its default (1 and 1.0 alike; True and 1 not)."""
+    return type(value) is type(default) and value == default or (
+        isinstance(value, (int, float)) and isinstance(default, (int, float))
+        and not isinstance(value, bool) and not isinstance(default, bool) and value == default)
+
+
 def executor_from_environment():
-    """The executor ``$CLRLIB_EXECUTOR`` names: None (runs one after another here) or a Ray one."""
-    name = os.environ.get("CLRLIB_EXECUTOR", "local")
-    if name == "local":
-        return None
-    if name != "ray":
-        raise ProfileError(f"CLRLIB_EXECUTOR must be 'local' or 'ray', got {name!r}")
-    from .ray_executor import RayExecutor
-    return RayExecutor(address=os.environ.get("RAY_ADDRESS"), log=print)
+    """The executor ``$CLRLIB_EXECUTOR`` names: None (runs one after another here) or a Ray one
+    (:func:`clrlib.lab.runs.executor_from_environment`)."""
+    try:
+        return _runs.executor_from_environment()
+    except ValueError as e:
+        raise ProfileError(str(e)) from None
 
 
 class Experiment:
