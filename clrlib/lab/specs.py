@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, ClassVar
@@ -33,7 +34,7 @@ from typing import Any, Callable, ClassVar
 from .. import schedules as _schedules
 from ..data import steps_per_epoch as _steps_per_epoch
 
-__all__ = ["SEMANTICS_VERSION", "DATASET_SIZES", "PRECISIONS", "SCHEDULES", "SpecError", "ModelSpec",
+__all__ = ["SEMANTICS_VERSION", "MAX_TOTAL_STEPS", "ALLOW_HUGE_ENV", "DATASET_SIZES", "PRECISIONS", "SCHEDULES", "SpecError", "ModelSpec",
            "DataSpec", "ScheduleSpec", "TrainSpec", "FinderSpec", "spec_from_dict"]
 
 #: Bump when the meaning of a setting changes (a stored run made under another meaning is not reused).
@@ -49,6 +50,20 @@ SCHEDULES: dict[str, Callable] = {
     "multistep": _schedules.multistep,
     "constant": _schedules.constant,
 }
+#: The most optimizer steps a run may take (the post's longest is 9,310) unless the environment
+#: variable :data:`ALLOW_HUGE_ENV` is "1". An override, not a setting: it does not change a run's
+#: result, so it is kept out of the spec (and so of its key) rather than being a field.
+MAX_TOTAL_STEPS = 10_000_000
+ALLOW_HUGE_ENV = "CLRLIB_ALLOW_HUGE_RUNS"
+
+
+def _check_size(owner: str, what: str, steps: int) -> None:
+    if steps > MAX_TOTAL_STEPS and os.environ.get(ALLOW_HUGE_ENV) != "1":
+        raise SpecError(f"{owner}: {what} gives {steps:,} optimizer steps, more than {MAX_TOTAL_STEPS:,} "
+                        f"(the post's longest run takes 9,310); lower it, or set {ALLOW_HUGE_ENV}=1 if you "
+                        "really mean it")
+
+
 #: Schedules that take the run's length (``total_steps``) from its epochs and steps per epoch.
 _NEEDS_TOTAL = {"one_cycle", "one_cycle_cosine", "multistep"}
 #: Schedule arguments given in epochs; the spec turns them into steps.
@@ -321,6 +336,8 @@ class TrainSpec(_RunSpec):
         if not isinstance(self.schedule, ScheduleSpec):
             raise SpecError(f"TrainSpec.schedule must be a ScheduleSpec, got {self.schedule!r}")
         _set(self, "epochs", _number("TrainSpec", "epochs", self.epochs, integer=True, minimum=1))
+        _check_size("TrainSpec", f"epochs={self.epochs:,} at {self.steps_per_epoch} steps per epoch",
+                    self.total_steps)
 
     @property
     def total_steps(self) -> int:
@@ -343,6 +360,10 @@ class FinderSpec(_RunSpec):
     stop_factor: float | None = 4.0
     accuracy: bool = False
     endpoint: bool = False      # False: iteration i at start*(end/start)**(i/num_it), as fastai 0.7 (the post)
+    best_after: int = 0         # the first losses that cannot set the best (fastai 0.7: 11; see lr_find)
+    accumulation_steps: int = 1  # batches per LR step (their losses averaged)
+
+    _ADDED: ClassVar[dict[str, Any]] = {"best_after": 0, "accumulation_steps": 1}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -351,18 +372,23 @@ class FinderSpec(_RunSpec):
         if self.start_lr >= self.end_lr:
             raise SpecError(f"FinderSpec.start_lr must be below end_lr, got {self.start_lr!r} >= {self.end_lr!r}")
         _set(self, "num_it", _number("FinderSpec", "num_it", self.num_it, integer=True, minimum=2))
+        _check_size("FinderSpec", f"num_it={self.num_it:,}", self.num_it)
         _set(self, "beta", _number("FinderSpec", "beta", self.beta, minimum=0))
         _set(self, "stop_factor", _number("FinderSpec", "stop_factor", self.stop_factor, minimum=1,
                                           exclusive=True, optional=True))
         for name in ("accuracy", "endpoint"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"FinderSpec.{name} must be True or False, got {getattr(self, name)!r}")
+        _set(self, "best_after", _number("FinderSpec", "best_after", self.best_after, integer=True, minimum=0))
+        _set(self, "accumulation_steps", _number("FinderSpec", "accumulation_steps", self.accumulation_steps,
+                                                 integer=True, minimum=1))
 
     @property
     def finder_args(self) -> dict[str, Any]:
         """The keyword arguments of :func:`clrlib.finder.lr_find` this spec sets."""
         return dict(start_lr=self.start_lr, end_lr=self.end_lr, num_it=self.num_it, beta=self.beta,
-                    stop_factor=self.stop_factor, accuracy=self.accuracy, endpoint=self.endpoint)
+                    stop_factor=self.stop_factor, accuracy=self.accuracy, endpoint=self.endpoint,
+                    best_after=self.best_after, accumulation_steps=self.accumulation_steps)
 
 
 def _json(value):
