@@ -158,6 +158,7 @@ def _train(p: dict, schedule: ScheduleSpec, epochs: int, seed: int, model: dict 
 
 
 def _finder(p: dict, seed: int, model: dict | None = None, **settings) -> FinderSpec:
+    settings.setdefault("best_after", p.get("best_after", 0))  # fastai 0.7's late stop rule: 11
     spec = FinderSpec(seed=seed, **{**common_settings(p), **settings})
     return spec.replace(model=model) if model else spec
 
@@ -331,7 +332,7 @@ def recipe_stage(p: dict[str, Any], lab) -> Plan:
     stage = Plan("07_auto_recipe")
     rules = dict(weight_decays=p["weight_decays"], within=p["within"], divisor=p["divisor"], div=p["div"],
                  annihilate=p["annihilate"], finder=dict(start_lr=p["start_lr"], end_lr=p["end_lr"],
-                                                          num_it=p["num_it"]))
+                                                          num_it=p["num_it"], best_after=p.get("best_after", 0)))
     by_depth = stage.sweeps["recipe"] = {}
     for d in [p["depth"], *p["other_depths"]]:
         chosen = stage.readings[d] = recipe.plan_one_cycle(lab, _recipe_base(p, d), **rules)
