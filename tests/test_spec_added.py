@@ -29,3 +29,10 @@ def test_the_post_profiles_range_tests_use_fastai_stop_rule():
         assert finders and all(s.best_after == 11 for s in finders), nb
     quick = plan_for("01_lr_finder", apply_profile("01_lr_finder", "quick")).specs()
     assert all(s.best_after == 0 for s in quick)  # the stored quick runs' setting
+
+
+def test_asymmetric_cycles_in_epochs():
+    from clrlib.lab.specs import ScheduleSpec
+    s = ScheduleSpec.make("cyclic", base_lr=0.1, max_lr=1.0, step_epochs=1, step_down_epochs=3)
+    f = s.function(steps_per_epoch=2, epochs=8)
+    assert [round(f(k), 6) for k in (0, 2, 5, 8)] == [0.1, 1.0, 0.55, 0.1]

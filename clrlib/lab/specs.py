@@ -67,9 +67,9 @@ def _check_size(owner: str, what: str, steps: int) -> None:
 #: Schedules that take the run's length (``total_steps``) from its epochs and steps per epoch.
 _NEEDS_TOTAL = {"one_cycle", "one_cycle_cosine", "multistep"}
 #: Schedule arguments given in epochs; the spec turns them into steps.
-_EPOCH_ARGS = {"step_epochs": "step_size"}
+_EPOCH_ARGS = {"step_epochs": "step_size", "step_down_epochs": "step_size_down"}
 #: Schedule arguments that the schedule wants as integers (stored as floats, like every number).
-_INT_ARGS = {"step_size"}
+_INT_ARGS = {"step_size", "step_size_down"}
 
 
 class SpecError(ValueError):
