@@ -104,8 +104,41 @@ def _coerce(value, default, where: str):
     if isinstance(default, list):
         if not isinstance(value, list):
             raise bad("a list")
+        if default and not value:
+            raise bad("a non-empty list")
         return value
     return value
+
+
+def _unique_key_loader(path: Path):
+    """A YAML SafeLoader that refuses a key given twice in one mapping (YAML keeps the last),
+    naming ``path``, the section and the key."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    where = "at the top level" if node is self._root else f"in section {self._section(node)!r}"
+                    raise ProfileError(f"{path}: {where}, {key!r} is given twice (lines {seen[key]} and "
+                                       f"{key_node.start_mark.line + 1}); YAML would keep the last silently: "
+                                       "keep one")
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+        def get_single_node(self):
+            self._root = super().get_single_node()
+            return self._root
+
+        def _section(self, node):
+            for key_node, value in getattr(self._root, "value", []):
+                if value is node:
+                    return key_node.value
+            return "?"
+
+    return UniqueKeyLoader
 
 
 def _read_profile(profile: str) -> tuple[Path, dict]:
@@ -115,7 +148,7 @@ def _read_profile(profile: str) -> tuple[Path, dict]:
         raise ProfileError(f"unknown profile {profile!r}; choose one of {PROFILES}")
     path = PROFILE_DIR / f"{profile}.yaml"
     try:
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = yaml.load(path.read_text(), Loader=_unique_key_loader(path)) or {}
     except yaml.YAMLError as e:
         where = " ".join(str(e).split())  # one line: the parser's message spans several
         raise ProfileError(f"{path}: not valid YAML: {where}") from None
