@@ -57,3 +57,100 @@ def test_an_empty_list_of_seeds_is_refused_naming_the_parameter(tmp_path, monkey
     profile_file(tmp_path, monkeypatch, "03_one_cycle:\n  seeds: []\n")
     with pytest.raises(suite.ProfileError, match=r"03_one_cycle\.seeds must be a non-empty list"):
         suite.load_profile("quick", "03_one_cycle")
+
+
+# --- the run store -----------------------------------------------------------------------------------
+
+def stored(tmp_path, **store_args):
+    import pandas as pd
+    from clrlib.lab.specs import DataSpec
+    from clrlib.lab.store import RunStore
+    spec = TrainSpec(ScheduleSpec.make("constant", lr=0.1), 1, batch_size=256, precision="fp32",
+                     data=DataSpec("synthetic", synthetic_train=512, fingerprint="abc"))
+    store = RunStore(tmp_path / "runs", **store_args)
+    store.put(spec, pd.DataFrame({"step": [0, 1], "loss": [2.3, 2.2]}), {"wall_seconds": 1.0})
+    return store, spec
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda r: {**r, "rows": "abc"}, "'rows' is 'abc'"),
+    (lambda r: {**r, "meta": []}, "'meta' is a JSON list"),
+    (lambda r: [r], "a JSON list, not a record"),
+])
+def test_a_hand_edited_record_is_reported_naming_the_file(tmp_path, edit, problem):
+    from clrlib.lab.store import StoreWarning
+    store, spec = stored(tmp_path)
+    record = store.paths(spec)[1]
+    record.write_text(json.dumps(edit(json.loads(record.read_text()))))
+    with pytest.warns(StoreWarning, match=rf"{record}.*{problem}"):
+        assert store.get(spec) is None
+
+
+def test_a_lock_held_too_long_names_the_lock_file_and_the_holders_pid(tmp_path):
+    import fcntl
+    import subprocess
+    import sys
+    from clrlib.lab.store import StoreLockTimeout
+    store, spec = stored(tmp_path, lock_timeout=0.3)
+    lock = store.paths(spec)[1].with_name(f".{store.paths(spec)[1].name}.lock")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.write(fd, str(os.getpid()).encode())\n"
+        "print('held', flush=True); time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreLockTimeout, match=rf"{lock} is held by process {holder.pid} for more than 0.3 s"):
+            store.get(spec)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.get(spec) is not None
+    assert lock.read_text().strip() == str(holder.pid)  # a writer's pid; the next put writes its own
+    store.put(spec, store.get(spec).frame, {"wall_seconds": 1.0})
+    assert lock.read_text().strip() == str(os.getpid())
+
+
+def test_check_writable_names_a_read_only_folder(tmp_path):
+    from clrlib.lab.store import RunStore, StoreNotWritable
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(StoreNotWritable, match=rf"{folder} is not writable"):
+            RunStore(folder).check_writable()
+    finally:
+        folder.chmod(0o755)
+    RunStore(folder).check_writable()
+    assert list(folder.iterdir()) == []
+
+
+def test_check_writable_names_a_folder_that_is_a_file_below(tmp_path):
+    from clrlib.lab.store import RunStore, StoreNotWritable
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreNotWritable, match=r"file/runs is not writable"):
+        RunStore(tmp_path / "file" / "runs").check_writable()
+
+
+def test_a_killed_writers_temporary_is_removed_when_the_store_is_written(tmp_path):
+    import time
+    (tmp_path / "runs").mkdir()
+    stale = tmp_path / "runs" / ".fit-0123.csv.abc.tmp"
+    stale.write_text("half")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    store, spec = stored(tmp_path)
+    assert not stale.exists() and store.get(spec) is not None
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_stored_files_follow_the_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        store, spec = stored(tmp_path)
+    finally:
+        os.umask(previous)
+    for path in store.paths(spec):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path

@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from .specs import FinderSpec, TrainSpec
 
 try:
@@ -38,11 +39,23 @@ try:
 except ImportError:  # Windows: no locks (run one writer per store there)
     fcntl = None
 
-__all__ = ["RunStore", "StoredRun", "StoreWarning", "atomic_write_text", "atomic_write_bytes", "jsonable"]
+__all__ = ["RunStore", "StoredRun", "StoreWarning", "StoreLockTimeout", "StoreNotWritable", "LOCK_TIMEOUT", "atomic_write_text", "atomic_write_bytes", "jsonable"]
 
 
 class StoreWarning(UserWarning):
     """A stored run that could not be used (and will be made again)."""
+
+
+class StoreLockTimeout(TimeoutError):
+    """A run's lock held longer than the store waits; the message names the lock file and its holder."""
+
+
+class StoreNotWritable(PermissionError):
+    """The store's folder cannot be written (checked before a run is trained); the message names it."""
+
+
+#: Seconds a store waits for a run's lock before raising :class:`StoreLockTimeout`.
+LOCK_TIMEOUT = 60.0
 
 
 @dataclass
@@ -72,6 +85,8 @@ class RunStore:
 
     Args:
         root: the folder (created on the first write).
+        lock_timeout: seconds to wait for a run's lock (default :data:`LOCK_TIMEOUT`) before raising
+            :class:`StoreLockTimeout` naming the lock file and the pid of the process holding it.
 
     Example:
         >>> import tempfile, pandas as pd
@@ -87,8 +102,10 @@ class RunStore:
         [2.3, 2.2]
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, lock_timeout: float | None = None) -> None:
         self.root = Path(root)
+        self.lock_timeout = LOCK_TIMEOUT if lock_timeout is None else float(lock_timeout)
+        self._swept = False
         if self.root.exists() and not self.root.is_dir():
             raise NotADirectoryError(f"the run store {self.root} is a file, not a folder")
 
@@ -103,9 +120,11 @@ class RunStore:
         if not record_path.is_file():
             return None
         try:
-            with _locked(record_path, exclusive=False):  # not between a writer's CSV and its record
+            with _locked(record_path, exclusive=False, timeout=self.lock_timeout):  # not between a writer's CSV and its record
                 record = json.loads(record_path.read_text())
                 data = csv.read_bytes()
+        except StoreLockTimeout:
+            raise
         except (OSError, ValueError) as e:
             return self._reject(record_path, f"unreadable ({type(e).__name__}: {e})")
         if not isinstance(record, dict):
@@ -120,16 +139,32 @@ class RunStore:
         """Store ``frame`` (and ``meta``) as ``spec``'s run, atomically; returns it as read back."""
         csv, record_path = self.paths(spec)
         self.root.mkdir(parents=True, exist_ok=True)
+        if not self._swept:  # a killed writer's temporary files (older than an hour)
+            remove_stale_temporaries(self.root)
+            self._swept = True
         data = frame.to_csv(index=False).encode()
         problem = _check_length(spec, len(frame), meta)
         if problem:
             raise ValueError(f"not storing the run of {spec.key()}: {problem}")
         record = {"spec": spec.to_dict(), "key": spec.key(), "rows": len(frame),
                   "csv_sha256": hashlib.sha256(data).hexdigest(), "meta": jsonable(meta)}
-        with _locked(record_path, exclusive=True):  # two writers of one run: one's CSV with its own record
+        with _locked(record_path, exclusive=True, timeout=self.lock_timeout):  # two writers of one run: one's CSV with its own record
             atomic_write_bytes(csv, data)
             atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
         return StoredRun(spec, pd.read_csv(io.BytesIO(data)), record["meta"])
+
+    def check_writable(self) -> None:
+        """Raise :class:`StoreNotWritable` naming the folder if runs cannot be stored in it (call it
+        before training, so that a read-only store does not lose a run after its whole length)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-check-{os.getpid()}.tmp"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise StoreNotWritable(f"the run store {self.root} is not writable ({e.strerror or e}): a run "
+                                   "trained now could not be kept; give a writable results folder "
+                                   "(--out DIR or out_dir) or fix its permissions") from None
 
     def run(self, spec: TrainSpec | FinderSpec,
             compute: Callable[[TrainSpec | FinderSpec], tuple[pd.DataFrame, dict]],
@@ -152,10 +187,12 @@ class RunStore:
 
 
 @contextlib.contextmanager
-def _locked(record_path: Path, exclusive: bool):
+def _locked(record_path: Path, exclusive: bool, timeout: float = LOCK_TIMEOUT):
     """Hold the lock of a run (``.<record name>.lock``): exclusive to write it, shared to read it.
 
     A reader takes it only where a writer made the lock file (a read-only store is read unlocked).
+    A writer writes its pid into the lock file. Waiting more than ``timeout`` seconds raises
+    :class:`StoreLockTimeout` naming the lock file and that pid.
     """
     lock = record_path.with_name(f".{record_path.name}.lock")
     fd = None
@@ -167,11 +204,32 @@ def _locked(record_path: Path, exclusive: bool):
                 raise
     try:
         if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            _acquire(fd, lock, exclusive, timeout)
+            if exclusive:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _acquire(fd: int, lock: Path, exclusive: bool, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                try:
+                    holder = lock.read_text().strip() or "unknown"
+                except OSError:
+                    holder = "unknown"
+                raise StoreLockTimeout(
+                    f"the run's lock {lock} is held by process {holder} for more than {timeout:g} s; if that "
+                    "process is stopped or gone, end it (or delete the lock file once it is gone) and retry")
+            time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
 
 
 def _check_length(spec, rows: int, meta: dict) -> str | None:
@@ -186,8 +244,13 @@ def _check_length(spec, rows: int, meta: dict) -> str | None:
 
 def _check_record(spec, record: dict, data: bytes) -> str | None:
     """Why a stored record and CSV are not ``spec``'s whole run, or None."""
+    rows, meta = record.get("rows", -1), record.get("meta", {})
+    if isinstance(rows, bool) or not isinstance(rows, int):
+        return f"its 'rows' is {rows!r}, not a number of rows"
+    if not isinstance(meta, dict):
+        return f"its 'meta' is a JSON {type(meta).__name__}, not an object"
     if record.get("spec") != jsonable(spec.to_dict()):
         return "its record holds other settings"
     if record.get("csv_sha256") != hashlib.sha256(data).hexdigest():
         return "its CSV is not the one its record was written with (half-written or replaced)"
-    return _check_length(spec, int(record.get("rows", -1)), record.get("meta", {}))
+    return _check_length(spec, rows, meta)
