@@ -154,3 +154,27 @@ def test_stored_files_follow_the_umask(tmp_path, umask, mode):
         os.umask(previous)
     for path in store.paths(spec):
         assert stat.S_IMODE(path.stat().st_mode) == mode, path
+
+
+# --- devices -----------------------------------------------------------------------------------------
+
+def test_doctor_with_an_absent_cuda_device_says_so_and_what_is_here(monkeypatch):
+    import torch
+    from clrlib.lab.doctor import run_doctor
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    lines = []
+    assert run_doctor(device="cuda", log=lines.append) == 2
+    assert len(lines) == 1 and "device 'cuda'" in lines[0] and "CUDA is not available" in lines[0]
+    assert "available: cpu" in lines[0]
+
+
+def test_resolve_device_names_a_bad_name_and_an_absent_index(monkeypatch):
+    import torch
+    from clrlib.device import resolve_device
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device 'gpu' is not a device name.*available: cpu"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device 'cuda:3'.*1 CUDA device"):
+        resolve_device("cuda:3")

@@ -130,7 +130,12 @@ def check_compiled(size, device, precision, epochs: int = 3) -> tuple[str, float
 
 def run_doctor(full: bool = False, device: str | None = None, log: Callable[[str], None] = print) -> int:
     """Run the checks, print the table; 0 if all passed, 1 otherwise."""
-    device = torch.device(device) if device else _train.default_device()
+    from ..device import resolve_device
+    try:
+        device = resolve_device(device)  # "cuda" without CUDA: named, with what this machine has
+    except ValueError as e:
+        log(f"error: doctor --device: {e}")
+        return 2
     precision = _train.default_precision(device)
     size = _size(full, device)
     info = machine_info(device)
