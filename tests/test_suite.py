@@ -66,10 +66,11 @@ def test_the_smoke_profile_is_small_and_synthetic():
     assert s["dataset"] == "synthetic" and s["depth"] == 8 and s["device"] == "cpu" and s["epochs"] == 4
 
 
-def test_the_full_profile_keeps_the_posts_settings_and_adds_only_seeds():
+def test_the_full_profile_keeps_the_posts_settings_and_adds_only_seeds_and_the_gpus_precision():
     for notebook in suite.NOTEBOOKS:
         settings = suite.load_profile("full", notebook)
-        assert set(settings) <= {"profile", "seeds"}, settings
+        assert set(settings) <= {"profile", "seeds", "precision"}, settings
+        assert settings["precision"] == "bf16"  # pinned: the keys do not depend on the rendering machine
         assert settings.get("seeds", [0]) in ([0], [0, 1, 2])
         assert suite.apply_profile(notebook, "full") == {**suite.notebook_parameters(notebook), **settings}
     for headline in ("03_one_cycle", "04_super_convergence", "05_momentum"):
