@@ -1,7 +1,12 @@
 """RayExecutor on a local two-CPU Ray cluster: the same histories as the serial executor, failed
-runs reported with their specs while the others are stored, an interrupted sweep resumed."""
+runs reported with their specs while the others are stored, an interrupted sweep resumed, and
+``python -m clrlib run --executor ray`` storing runs made by Ray worker processes.
+
+One cluster for the whole module (started with :func:`init_ray`, whose start-up timeouts allow
+a busy two-core machine), shut down at its end."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +18,8 @@ ray = pytest.importorskip("ray")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from clrlib.lab.ray_executor import RayExecutor  # noqa: E402
+from clrlib.lab import cli  # noqa: E402
+from clrlib.lab.ray_executor import STARTUP_ENV, RayExecutor, init_ray  # noqa: E402
 from clrlib.lab.runs import Lab, RunFailed  # noqa: E402
 from clrlib.lab.specs import DataSpec, ModelSpec, ScheduleSpec, TrainSpec  # noqa: E402
 
@@ -32,7 +38,9 @@ BROKEN = smoke(seed=7, schedule=ScheduleSpec("one_cycle", ()))
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if ray.is_initialized():  # another module's cluster: not this one's to reuse
+        ray.shutdown()
+    init_ray(num_cpus=2, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
@@ -116,3 +124,23 @@ def test_other_tasks_are_shipped_whole(cluster):
     assert "run 3 failed (ValueError: three)" in str(info.value)
     assert sorted((x, type(e).__name__) for x, e in info.value.failures) == [
         (3, "ValueError"), (4, "WorkerCrashedError")]
+
+
+def test_the_startup_timeouts_are_raised_for_a_busy_machine(cluster):
+    assert all(os.environ.get(name) for name in STARTUP_ENV)
+    assert int(os.environ["RAY_raylet_start_wait_time_s"]) >= 60
+
+
+def test_the_runner_trains_a_notebooks_plan_on_ray_workers(cluster, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CLRLIB_EXECUTOR", "local")  # restored after the test (the runner sets both)
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    code = cli.main(["run", "01", "--profile", "smoke", "--executor", "ray", "--train-only", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert ray.is_initialized()  # the module's cluster: not shut down by the command that joined it
+    records = [json.loads(p.read_text()) for p in (tmp_path / "smoke" / "runs").glob("*.json")]
+    assert len(records) == 2  # 01's range tests at two initialisations
+    for record in records:
+        meta = record["meta"]
+        assert meta["executor"] == "ray" and meta["pid"] != os.getpid() and meta["driver_pid"] == os.getpid()
+        assert meta["host"] and meta["stop_lr"] and meta["wall_seconds"] > 0

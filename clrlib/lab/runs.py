@@ -5,8 +5,13 @@ fingerprint, precision on this device), and returns the histories of a list of s
 :meth:`Lab.fit_many` / :meth:`Lab.lr_find_many`, taking each from the :class:`~clrlib.lab.store.RunStore`
 or training it. The runs that are missing go to an :class:`Executor`, one small interface:
 :class:`SerialExecutor` runs them one after another in this process; another executor (more
-GPUs, a cluster) only has to map :func:`execute` over specs. Finished runs are written to the
-store by the driver (this process), as each one finishes.
+GPUs, a cluster: :class:`~clrlib.lab.ray_executor.RayExecutor`) only has to map :func:`execute`
+over specs. Finished runs are written to the store by the driver (this process), as each one
+finishes, with a record of which executor, host and process made them and what actually ran.
+
+A Lab made with ``train=False`` (render-only: ``$CLRLIB_RENDER_ONLY=1`` where the notebooks
+build theirs, see :func:`lab_options_from_environment`) trains nothing: a run missing from the
+store raises :class:`MissingRuns`, which lists them.
 
 Example:
     >>> import tempfile
@@ -23,7 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import os
+import platform
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import pandas as pd
@@ -37,7 +45,8 @@ from .specs import DataSpec, FinderSpec, SpecError, TrainSpec
 from .store import RunStore, StoredRun
 
 __all__ = ["Lab", "Executor", "SerialExecutor", "execute", "train_run", "finder_run", "RunFailed",
-           "SUBSET_SEED"]
+           "MissingRuns", "Made", "SUBSET_SEED", "executor_from_environment", "render_only_from_environment",
+           "lab_options_from_environment", "failures_error", "RENDER_ONLY_VARIABLE"]
 
 #: Subsets of a data set are drawn with this seed, whatever the run's seed: the seeds of a
 #: comparison then vary the initialisation and the batches, never the images.
@@ -45,23 +54,151 @@ SUBSET_SEED = 0
 Spec = TrainSpec | FinderSpec
 
 
+#: The environment variable that makes the notebooks' Labs render-only (set by ``--render-only``).
+RENDER_ONLY_VARIABLE = "CLRLIB_RENDER_ONLY"
+
+
 class RunFailed(RuntimeError):
-    """A run raised; the message names its spec."""
+    """A run raised; the message names its spec. Raised by an executor for several runs at once,
+    it has ``failures``: ``[(spec, error), ...]``."""
+
+
+class MissingRuns(LookupError):
+    """Runs that are not in the store of a Lab that trains nothing (render-only).
+
+    Attributes:
+        specs: the missing (bound) specs.
+        store: the store they were looked for in.
+    """
+
+    def __init__(self, message: str, specs: Sequence = (), store=None) -> None:
+        super().__init__(message)
+        self.specs, self.store = list(specs), store
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+    @classmethod
+    def of(cls, specs: Sequence, store) -> "MissingRuns":
+        lines = [f"  {_run_name(s)}: {_describe(s)}" for s in specs]
+        return cls(f"render-only: {len(specs)} run(s) are not in the run store {store.root} and render-only "
+                   f"trains nothing:\n" + "\n".join(lines)
+                   + "\nTrain them first (python -m clrlib run ... --train-only) or copy their store here.",
+                   specs, store)
+
+    def by_group(self, notebook: str, groups: dict[str, Sequence], bind: Callable,
+                 headline: Sequence[str] = ()) -> "MissingRuns":
+        """The same error, naming ``notebook``'s groups (``{name: [spec, ...]}``) that lack runs:
+        the numbers and figures of those groups are absent."""
+        missing = set(self.specs)
+        lines = []
+        for name, specs in groups.items():
+            seeds = [s.seed for s in specs if bind(s) in missing]
+            if seeds:
+                lines.append(f"  {name!r}{' (headline)' if name in headline else ''}: {len(seeds)} of "
+                             f"{len(specs)} run(s) missing (seed {', '.join(map(str, seeds))})")
+        where = f" {self.store.root}" if self.store is not None else ""
+        text = (f"render-only: notebook {notebook} lacks {len(missing)} run(s) in the run store{where}, and "
+                "render-only trains nothing; the numbers and figures of these groups are absent:\n"
+                + "\n".join(lines) + f"\nTrain them first: python -m clrlib run {notebook} --train-only "
+                "(same profile), or copy that run store here.")
+        return MissingRuns(text, self.specs, self.store)
+
+
+def _describe(spec) -> str:
+    if isinstance(spec, TrainSpec):
+        return f"{spec.schedule.label}, {spec.epochs} epochs, seed {spec.seed}, {spec.model.label}"
+    if isinstance(spec, FinderSpec):
+        return (f"range test wd {spec.weight_decay:g}, batch {spec.batch_size}, seed {spec.seed}, "
+                f"{spec.model.label}")
+    return repr(spec)
 
 
 class Executor(Protocol):
-    """Runs ``task(spec)`` for each spec and calls ``done(spec, result)`` as each one finishes."""
+    """Runs ``task(spec)`` for each spec and calls ``done(spec, result)`` in this process as each
+    one finishes.
+
+    ``admit(spec)``, where given, is called in this process just before a spec would start; a
+    false answer leaves it unstarted (a budget, a stop after a failure). A run that raises does
+    not stop the others: ``failed(spec, error)``, where given, is called as its failure is final,
+    and once the others are finished (and stored) the executor raises one :class:`RunFailed`
+    whose ``failures`` lists ``(spec, error)`` (see :func:`failures_error`). ``name`` ("serial",
+    "ray") goes into every run record.
+    """
+
+    name: str
 
     def run(self, task: Callable[[Spec], Any], specs: Sequence[Spec],
-            done: Callable[[Spec, Any], None]) -> None: ...
+            done: Callable[[Spec, Any], None], admit: Callable[[Spec], bool] | None = None,
+            failed: Callable[[Spec, BaseException], None] | None = None) -> None: ...
+
+
+def failures_error(failures: Sequence[tuple[Any, BaseException]], total: int, tries: int = 1) -> RunFailed:
+    """One :class:`RunFailed` for the runs of ``failures`` (of ``total``), each with its error and spec."""
+    lines = []
+    for spec, error in failures:
+        text = str(error).split("; spec: ")[0]
+        if not (isinstance(error, RunFailed) and text.startswith("run ")):
+            first = text.splitlines()[0] if text else ""
+            text = f"run {_run_name(spec)} failed ({type(error).__name__}: {first})"
+        lines.append(f"  {text}" + (f"\n    spec: {spec.to_dict()}" if hasattr(spec, "to_dict") else ""))
+    each = f" ({tries} tr{'y' if tries == 1 else 'ies'} each)"
+    error = RunFailed(f"{len(failures)} of {total} runs failed{each}; the other {total - len(failures)} "
+                      "finished:\n" + "\n".join(lines))
+    error.failures = list(failures)
+    return error
 
 
 class SerialExecutor:
-    """One run after another, in this process."""
+    """One run after another, in this process. A run that raises is reported with the others'
+    failures once the rest have run (see :class:`Executor`); Ctrl-C stops at once."""
 
-    def run(self, task, specs, done) -> None:
+    name = "serial"
+
+    def run(self, task, specs, done, admit=None, failed=None) -> None:
+        specs = list(specs)
+        failures = []
         for spec in specs:
-            done(spec, task(spec))
+            if admit is not None and not admit(spec):
+                continue
+            try:
+                result = task(spec)
+            except Exception as e:  # KeyboardInterrupt and SystemExit go through
+                failures.append((spec, e))
+                if failed is not None:
+                    failed(spec, e)
+                continue
+            done(spec, result)
+        if failures:
+            raise failures_error(failures, len(specs))
+
+
+def executor_from_environment():
+    """The executor ``$CLRLIB_EXECUTOR`` names: None (runs one after another here) or a Ray one
+    joining ``$RAY_ADDRESS``."""
+    name = os.environ.get("CLRLIB_EXECUTOR", "local")
+    if name in ("local", "serial", ""):
+        return None
+    if name != "ray":
+        raise ValueError(f"CLRLIB_EXECUTOR must be 'local' or 'ray', got {name!r}")
+    from .ray_executor import RayExecutor
+    return RayExecutor(address=os.environ.get("RAY_ADDRESS"), log=print)
+
+
+def render_only_from_environment() -> bool:
+    """True where ``$CLRLIB_RENDER_ONLY`` is 1 (or true, yes): the notebooks' Labs train nothing."""
+    value = os.environ.get(RENDER_ONLY_VARIABLE, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{RENDER_ONLY_VARIABLE} must be 1 or 0, got {value!r}")
+
+
+def lab_options_from_environment() -> dict[str, Any]:
+    """The :class:`Lab` options the runner passes to notebook kernels through the environment:
+    ``executor`` (``$CLRLIB_EXECUTOR``) and ``train`` (False under ``$CLRLIB_RENDER_ONLY=1``)."""
+    return {"executor": executor_from_environment(), "train": not render_only_from_environment()}
 
 
 def take_subset(images: torch.Tensor, labels: torch.Tensor, n: int | None):
@@ -96,7 +233,7 @@ def _stamp(device: torch.device, start: float, **extra) -> dict[str, Any]:
     return {"wall_seconds": round(time.time() - start, 2), "commit": git_commit(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "device_name": info["device_name"], "device": info["device"], "torch": info["torch"],
-            **extra}
+            "host": info["host"], "pid": os.getpid(), "torch_threads": torch.get_num_threads(), **extra}
 
 
 def train_run(spec: TrainSpec, arrays, device: torch.device, compile: bool | str | None = None,
@@ -118,9 +255,12 @@ def train_run(spec: TrainSpec, arrays, device: torch.device, compile: bool | str
                          precision=precision, channels_last=channels_last, compile=compile,
                          progress=progress, checkpoint=checkpoint,
                          on_epoch=_epoch_logger(spec, log) if log else None)
-    used = dict(history.attrs.get("fit", {}))
+    used = dict(history.attrs.get("fit", {}))  # what actually ran, whole
     diverged = len(history) < spec.total_steps
-    return history, _stamp(device, start, fit=used, diverged=diverged)
+    epoch_seconds = [round(float(s), 3) for s in history["seconds"].dropna()] if "seconds" in history else []
+    return history, _stamp(device, start, fit=used, diverged=diverged, compile_asked=compile,
+                           epoch_seconds=epoch_seconds,
+                           seconds_per_epoch=sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None)
 
 
 def _epoch_logger(spec: TrainSpec, log):
@@ -171,11 +311,13 @@ def execute(spec: Spec, arrays, device: torch.device | str, compile: bool | str 
 
 
 def _run_name(spec: Spec) -> str:
-    """``fit-<key>``, or ``fit (unbound)`` for a spec without a key."""
+    """``fit-<key>``, ``fit (unbound)`` for a spec without a key, or the repr of anything else."""
     try:
         return f"{spec.kind}-{spec.key()}"
     except SpecError:
         return f"{spec.kind} (unbound)"
+    except AttributeError:  # not a spec (an executor's other tasks)
+        return repr(spec)
 
 
 class Lab:
@@ -187,21 +329,25 @@ class Lab:
         device: default: CUDA, then MPS, then the CPU.
         compile: :func:`clrlib.train.fit`'s ``compile`` (None: the fast path on CUDA only).
         progress: progress bars while training.
-        redo: train again even where the store has the run.
+        redo: train again even where the store has the run (once per Lab: a run it made is reused).
         executor: how missing runs are made (default: :class:`SerialExecutor`).
-        log: called with one line per finished run (e.g. ``print``), or None.
+        log: called with one line per finished run and per epoch (e.g. ``print``), or None.
+        train: False: render-only, a run missing from the store raises :class:`MissingRuns`
+            instead of being trained.
     """
 
     def __init__(self, store: RunStore | str, data_root=None, device=None, compile: bool | str | None = None,
                  progress: bool = False, redo: bool = False, executor: Executor | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, train: bool = True) -> None:
         self.store = store if isinstance(store, RunStore) else RunStore(store)
         self.data_root = data_root
         self.device = torch.device(device) if device else _train.default_device()
         self.compile, self.progress, self.redo = compile, progress, redo
         self.executor = executor or SerialExecutor()
         self.log = log
+        self.train = bool(train)
         self._arrays: dict[tuple, _data.CifarArrays] = {}
+        self._made: set = set()  # specs this Lab trained (redo trains each once)
 
     def arrays(self, data: DataSpec) -> _data.CifarArrays:
         """The whole data set ``data`` names, loaded once."""
@@ -217,10 +363,41 @@ class Lab:
         return spec.replace(data=dataclasses.replace(spec.data, fingerprint=fingerprint), precision=precision)
 
     def runs(self, specs: Iterable[Spec]) -> list[StoredRun]:
-        """The stored run of each spec, making the missing ones with the executor."""
+        """The stored run of each spec, making the missing ones with the executor.
+
+        Raises:
+            MissingRuns: render-only (``train=False``) and some runs are not stored.
+            RunFailed: some runs failed (the others are stored first); ``failures`` lists them.
+        """
+        made = self.make(specs)
+        if made.error is not None:
+            raise made.error
+        return [made.runs[s] for s in made.bound]
+
+    def missing(self, specs: Iterable[Spec]) -> list[Spec]:
+        """The bound specs of ``specs`` whose runs the store lacks, once each (nothing is trained)."""
+        bound = dict.fromkeys(self.bind(s) for s in specs)
+        return [s for s in bound if (self.redo and s not in self._made) or self.store.get(s) is None]
+
+    def make(self, specs: Iterable[Spec], admit: Callable[[Spec], bool] | None = None,
+             on_stored: Callable[[Spec, StoredRun], None] | None = None,
+             on_failed: Callable[[Spec, BaseException], None] | None = None) -> "Made":
+        """Make the runs of ``specs`` that the store lacks; what happened to each, without raising
+        for a failed run (see :class:`Made`).
+
+        ``admit(spec)`` is asked just before each missing run would start (a false answer leaves
+        it unstarted); ``on_stored(spec, run)`` is called as each made run is stored, and
+        ``on_failed(spec, error)`` as a run's failure is final.
+
+        Raises:
+            MissingRuns: render-only (``train=False``) and some runs are not stored.
+        """
         bound = [self.bind(s) for s in specs]
-        found = {s: (None if self.redo else self.store.get(s)) for s in bound}
+        found = {s: (None if self.redo and s not in self._made else self.store.get(s)) for s in bound}
         missing = list(dict.fromkeys(s for s, run in found.items() if run is None))
+        made = Made(bound, found, missing)
+        if missing and not self.train:
+            raise MissingRuns.of(missing, self.store)
         if self.redo:  # train again from the start, not from an earlier attempt's checkpoint
             for spec in missing:
                 self.checkpoint_path(spec).unlink(missing_ok=True)
@@ -228,14 +405,38 @@ class Lab:
 
         def done(spec, result):
             frame, meta = result
+            meta = {**meta, "executor": getattr(self.executor, "name", type(self.executor).__name__),
+                    "driver_host": platform.node(), "driver_pid": os.getpid()}
             found[spec] = self.store.put(spec, frame, meta)
+            self._made.add(spec)
+            made.made.append(spec)
             self.checkpoint_path(spec).unlink(missing_ok=True)  # the run is stored: nothing to resume
             if self.log:
-                self.log(_progress_line(spec, found[spec], len([s for s in missing if found[s] is not None]),
-                                        len(missing), time.time() - started))
+                self.log(_progress_line(spec, found[spec], len(made.made), len(missing), time.time() - started))
+            if on_stored is not None:
+                on_stored(spec, found[spec])
 
-        self.executor.run(self._task, missing, done)
-        return [found[s] for s in bound]
+        def admitted(spec) -> bool:
+            if admit(spec):
+                return True
+            made.not_started.append(spec)
+            return False
+
+        def failed(spec, error) -> None:
+            made.failed.append((spec, error))
+            if on_failed is not None:
+                on_failed(spec, error)
+
+        try:
+            if admit is None and on_failed is None:  # executors of the three-argument protocol still work
+                self.executor.run(self._task, missing, done)
+            else:
+                self.executor.run(self._task, missing, done, admit=admitted if admit else None, failed=failed)
+        except RunFailed as e:
+            if not hasattr(e, "failures"):
+                raise
+            made.failed, made.error = list(e.failures), e  # the executor's list: the same runs
+        return made
 
     def checkpoint_path(self, spec: Spec):
         """Where a training run of ``spec`` keeps its per-epoch checkpoint: beside the store."""
@@ -257,6 +458,29 @@ class Lab:
         return [_finder.FinderResult.from_frame(run.frame, stop_lr=_float_or_none(run.meta.get("stop_lr")),
                                                 settings=run.meta.get("finder_settings", {}))
                 for run in self.runs(specs)]
+
+
+@dataclass
+class Made:
+    """What :meth:`Lab.make` did with each spec.
+
+    Attributes:
+        bound: the specs as bound, in the order given.
+        runs: ``{bound spec: StoredRun or None}`` (None: not made).
+        missing: the specs the store lacked, once each.
+        made: those made and stored now, in the order they finished.
+        failed: ``[(spec, error), ...]``: those that raised.
+        not_started: those that ``admit`` refused.
+        error: the executor's :class:`RunFailed` for ``failed`` (None if none failed).
+    """
+
+    bound: list
+    runs: dict
+    missing: list
+    made: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    not_started: list = field(default_factory=list)
+    error: RunFailed | None = None
 
 
 def _check_kind(specs, cls) -> None:

@@ -30,7 +30,8 @@ import pandas as pd
 
 from . import analysis
 from .provenance import REPO_ROOT, git_commit, machine_info
-from .runs import Lab
+from . import runs as _runs
+from .runs import Lab, MissingRuns
 from .plans import Plan, common_settings, plan_for
 from .specs import FinderSpec, TrainSpec
 from .store import atomic_write_text, jsonable
@@ -317,7 +318,8 @@ class Experiment:
         self.model, self.data = shared["model"], shared["data"]
         self.lab = Lab(self.out.parent / "runs", data_root=p.get("data_root"), device=p.get("device"),
                        compile=p.get("compile_model"), progress=bool(p.get("progress", False)),
-                       redo=bool(p.get("redo", False)), log=print)
+                       redo=bool(p.get("redo", False)), log=print,
+                       **_runs.lab_options_from_environment())  # the runner's executor; render-only
         self.arrays = self.lab.arrays(self.data)
         self.summary: list[dict] = []
         self.comparisons: list[dict] = []
@@ -350,6 +352,10 @@ class Experiment:
         """Every group of ``plan`` as its runs: histories for training specs, results for range
         tests, from the run store (or trained where missing)."""
         specs = plan.specs()
+        missing = [] if self.lab.train else self.lab.missing(specs)
+        if missing:  # render-only: name the groups whose numbers are absent, train nothing
+            raise MissingRuns.of(missing, self.lab.store).by_group(self.notebook, plan.groups, self.lab.bind,
+                                                                  plan.headline)
         fits = [s for s in specs if isinstance(s, TrainSpec)]
         finders = [s for s in specs if isinstance(s, FinderSpec)]
         made = dict(zip(fits, self.fit_many(fits))) if fits else {}
