@@ -398,6 +398,8 @@ class Lab:
         made = Made(bound, found, missing)
         if missing and not self.train:
             raise MissingRuns.of(missing, self.store)
+        if missing:
+            self.store.check_writable()  # before hours of training, not after
         if self.redo:  # train again from the start, not from an earlier attempt's checkpoint
             for spec in missing:
                 self.checkpoint_path(spec).unlink(missing_ok=True)
