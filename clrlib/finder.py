@@ -147,7 +147,7 @@ class FinderResult:
         minimum from LR 0.5 to 4, so noise decides where in that stretch the minimum falls.
         The end of the bottom sits where the curve turns up steeply and moves little with
         noise; it is what "still trains at a high LR" means when weight decays are compared
-        (:func:`clrlib.analysis.largest_weight_decay_at_high_lr`).
+        (:func:`clrlib.lab.analysis.largest_weight_decay_at_high_lr`).
 
         Args:
             tolerance: the fraction of the descent that still counts as the bottom (0 to 1).

@@ -202,8 +202,9 @@ def resnet_cifar(depth: int = 56, shortcut: str = "B", num_classes: int = 10,
         depth: number of weighted layers; must be 6n + 2 with n >= 1.
         shortcut: "A" (zero-padded identity, the paper) or "B" (1x1 conv + BN, the post).
         num_classes: size of the output.
-        init: "kaiming" (He et al., the default) or "post" (PyTorch 0.3.1's defaults, what
-            the post's code had); drawn from the global RNG.
+        init: "kaiming" (He et al., the default here) or "post" (PyTorch 0.3.1's defaults, what
+            the post's code had, and the default of :class:`clrlib.lab.specs.ModelSpec`, so of
+            every run of the notebook suite); drawn from the global RNG.
 
     Example:
         >>> _ = torch.manual_seed(0)
