@@ -219,8 +219,27 @@ def test_an_interrupted_run_exits_130_and_says_a_rerun_resumes(capsys, tmp_path,
     code, out, err = run(capsys, "run", "03", "--profile", "smoke", "--out", str(tmp_path))
     assert code == 130
     assert "rerunning the same command resumes" in err.strip().splitlines()[-1]
+    assert "stopped while executing 03_one_cycle (not kept" in err
     assert not (tmp_path / "smoke" / "03_one_cycle" / "completed.json").exists()
     assert not (tmp_path / "smoke" / "03_one_cycle.ipynb").exists()
+    assert not (tmp_path / "smoke" / "03_one_cycle" / "summary_rows.csv").exists()
+
+
+def test_the_kernels_own_log_goes_to_a_file_not_the_terminal(tmp_path, monkeypatch):
+    """A kernel stopped by Ctrl-C prints a zmq.error.ZMQError traceback on its stderr: that goes
+    to <out>/<profile>/.<notebook>.kernel.log."""
+    import asyncio
+    from jupyter_client.manager import AsyncKernelManager
+    seen = {}
+
+    async def fake_start(self, **kw):
+        seen.update(kw)
+
+    monkeypatch.setattr(AsyncKernelManager, "start_kernel", fake_start)
+    with open(tmp_path / "kernel.log", "ab") as log:
+        km = cli._kernel_manager(log)
+        asyncio.run(km.start_kernel(cwd="x"))
+        assert seen == {"stderr": log, "cwd": "x"} and km.kernel_name == "python3"
 
 
 def test_run_notebooks_runs_in_the_given_order(tmp_path, fake_papermill):

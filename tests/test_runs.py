@@ -136,6 +136,13 @@ def test_a_real_fit_is_stored_with_its_provenance_and_read_back(tmp_path):
     for key in ("commit", "date", "device_name", "torch", "wall_seconds"):
         assert meta[key] not in (None, ""), key
     assert meta["device"] == "cpu" and meta["diverged"] is False and meta["fit"]["precision"] == "fp32"
+    # who made it and what actually ran: the executor, host and process; fit()'s record, whole
+    import os
+    import platform
+    assert meta["executor"] == "serial" and meta["pid"] == meta["driver_pid"] == os.getpid()
+    assert meta["host"] == meta["driver_host"] == platform.node()
+    assert {"compile_asked", "compile", "cudagraph_skips", "graphs_compiled", "channels_last"} <= set(meta["fit"])
+    assert len(meta["epoch_seconds"]) == 1 and meta["seconds_per_epoch"] == pytest.approx(meta["epoch_seconds"][0])
     executor = CountingExecutor()
     [again] = Lab(tmp_path, device="cpu", executor=executor).fit_many([train_spec(0)])
     assert executor.ran == []
@@ -230,6 +237,38 @@ def test_serial_executor_reports_each_result_as_it_finishes():
     seen = []
     SerialExecutor().run(lambda s: s * 2, [1, 2, 3], lambda s, r: seen.append((s, r)))
     assert seen == [(1, 2), (2, 4), (3, 6)]
+
+
+def test_serial_executor_keeps_going_after_a_failure_and_reports_it_at_the_end():
+    seen, failed = [], []
+
+    def task(x):
+        if x == 2:
+            raise ValueError("two")
+        return x
+
+    with pytest.raises(RunFailed) as info:
+        SerialExecutor().run(task, [1, 2, 3, 4], lambda s, r: seen.append(s), admit=lambda s: s != 4,
+                             failed=lambda s, e: failed.append((s, str(e))))
+    assert seen == [1, 3] and failed == [(2, "two")]  # 4 not admitted: not started
+    assert str(info.value).startswith("1 of 4 runs failed (1 try each)") and "run 2 failed (ValueError: two)" in str(info.value)
+    assert [(s, type(e).__name__) for s, e in info.value.failures] == [(2, "ValueError")]
+
+
+def test_make_reports_made_failed_and_not_started(tmp_path, fake_training, monkeypatch):
+    lab = Lab(tmp_path, device="cpu")
+    real = runs.execute
+
+    def failing(spec, *args, **kwargs):
+        if spec.seed == 1:
+            raise RunFailed(f"run {spec.kind}-{spec.key()} failed (ValueError: no); spec: {spec.to_dict()}")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "execute", failing)
+    made = lab.make([train_spec(0), train_spec(1), train_spec(2)], admit=lambda s: s.seed != 2)
+    assert [s.seed for s in made.made] == [0] and [s.seed for s, _ in made.failed] == [1]
+    assert [s.seed for s in made.not_started] == [2] and made.runs[made.bound[2]] is None
+    assert isinstance(made.error, RunFailed) and len(lab.store) == 1
 
 
 def test_an_unbound_spec_has_no_key():

@@ -42,7 +42,8 @@ from .. import data as _data
 from . import runner as _runner
 from .plans import common_settings
 from .runs import RENDER_ONLY_VARIABLE, Lab, MissingRuns
-from .specs import TrainSpec
+from .specs import SpecError, TrainSpec
+from .store import StoreLockTimeout, StoreNotWritable
 from .store import atomic_write_text, jsonable
 from .suite import NOTEBOOK_DIR, NOTEBOOKS, ORDER, PROFILES, ProfileError, write_summary
 
@@ -198,15 +199,32 @@ def _environment(**values: str | None):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
+def _kernel_manager(stderr):
+    """A kernel manager whose kernel process writes its own log (its stderr) to ``stderr``: a
+    kernel stopped mid-cell by Ctrl-C then leaves its traceback (a ``zmq.error.ZMQError`` as its
+    sockets close) in that file, not on the runner's terminal. Cell output is not affected."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            kw.setdefault("stderr", stderr)
+            return await super().start_kernel(**kw)
+
+    return KernelManager(kernel_name="python3")
+
+
 def _execute(name: str, settings: dict, base: Path, render_only: bool = False) -> float:
-    """Run one notebook with papermill; the executed notebook appears whole or not at all."""
+    """Run one notebook with papermill; the executed notebook appears whole or not at all. The
+    kernel's own log goes to ``<base>/.<name>.kernel.log``."""
     import papermill
     executed, partial = base / f"{name}.ipynb", base / f".{name}.partial.ipynb"
     start = time.time()
     try:
-        with _environment(**{RENDER_ONLY_VARIABLE: "1" if render_only else None}):
+        with _environment(**{RENDER_ONLY_VARIABLE: "1" if render_only else None}), \
+                open(base / f".{name}.kernel.log", "ab") as kernel_log:
             papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(partial), parameters=settings,
-                                       cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3")
+                                       cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3",
+                                       km=_kernel_manager(kernel_log))
     except papermill.PapermillExecutionError as e:
         raise RunnerError(f"notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}; "
                           f"the partly executed notebook is {partial}") from None
@@ -225,6 +243,7 @@ class Report:
     outcome: _runner.Outcome = field(default_factory=_runner.Outcome)
     missing: dict = field(default_factory=dict)        # render-only: {notebook: [line, ...]}
     executed: list = field(default_factory=list)       # notebooks executed now
+    executing: list = field(default_factory=list)      # notebooks being executed
     skipped: dict = field(default_factory=dict)        # {notebook: why not executed}
     failed_notebooks: list = field(default_factory=list)  # (notebook, message)
     trained: bool = False                              # the runner trained (not render-only)
@@ -366,15 +385,21 @@ def _render(notebooks, labs, base: Path, report: Report, render_only: bool, redo
     def execute_one(item) -> None:
         name, settings, digest = item
         log(f"{name} ({report.profile}) ...")
+        report.executing.append(name)
         try:
             seconds = _execute(name, settings, base, render_only)
+        except KeyboardInterrupt:
+            _clear_results(base, name)  # what it wrote before Ctrl-C is not a result
+            raise
         except RunnerError as e:
             _clear_results(base, name)  # its partial rows and figures are not results
+            report.executing.remove(name)
             report.failed_notebooks.append((name, str(e)))
             log(f"FAILED {e}")
             return
         atomic_write_text(base / name / "completed.json",
                           json.dumps({"settings": digest, "notebook_seconds": round(seconds, 1)}) + "\n")
+        report.executing.remove(name)
         report.executed.append(name)
         log(f"{name} done in {seconds:.0f} s -> {base / (name + '.ipynb')}")
 
@@ -644,10 +669,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         kept = f"{len(made)} run(s) trained in this session are stored" + (
             f" in {report.base / 'runs'}" if report.base else "")
         done = f"; notebooks completed: {', '.join(report.executed)}" if report.executed else ""
-        print(f"interrupted: {kept}{done}; a training run in progress keeps its last epoch's checkpoint. "
+        cut = (f"; stopped while executing {', '.join(report.executing)} (not kept: its rows and figures "
+               "were removed)") if report.executing else ""
+        print(f"interrupted: {kept}{done}{cut}; a training run in progress keeps its last epoch's checkpoint. "
               "Finished runs are in the run store, so rerunning the same command resumes.", file=sys.stderr)
         return 130
-    except (ProfileError, RunnerError, _data.DatasetNotFoundError, ImportError) as e:
+    except (ProfileError, RunnerError, SpecError, StoreNotWritable, StoreLockTimeout, _data.DatasetNotFoundError,
+            _data.DatasetDownloadError, _data.CifarFormatError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
