@@ -254,3 +254,17 @@ def test_ctrl_c_exits_130_after_saying_what_was_kept(tmp_path, monkeypatch, fake
     assert "interrupted: 2 run(s) trained in this session are stored" in err, err
     assert "rerunning the same command resumes" in err.strip().splitlines()[-1]
     assert len(list((tmp_path / "smoke" / "runs").glob("fit-*.json"))) == 2
+
+
+def test_a_second_stage_is_trained_once_its_first_stage_is_stored(tmp_path, fake_training):
+    """07: the recipe reads its range tests (the first stage) and only then declares its runs."""
+    rows, _ = cli.plan_rows("smoke", ["07"], out=tmp_path)
+    pending = [r for r in rows if r["tier"] == "stage 2"]
+    assert pending and all(r["stored"] == "no" for r in pending)  # as far as known before the range tests
+    report = cli.run_suite(["07"], "smoke", out=tmp_path, render=False, log=lambda line: None)
+    assert report.exit_code == 0 and not report.outcome.failed
+    stages = [r.stage for r in report.outcome.made]
+    assert stages == sorted(stages) and stages.count(2) == len(pending)  # every first-stage run came first
+    rows, _ = cli.plan_rows("smoke", ["07"], out=tmp_path)
+    assert all(r["stored"] == "yes" for r in rows)  # now read from the stored range tests: every run is in
+    assert [r["group"] for r in rows if r["tier"] == "stage 2"] == [r.group for r in report.outcome.made if r.stage == 2]

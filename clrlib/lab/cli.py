@@ -526,14 +526,51 @@ def plan_rows(profile: str, names: Sequence[str] = (), data: str | None = None, 
         if rows[-1]["fits"] != "no":
             projector.assume_compiled(r.spec)
     for nb in notebooks:
-        for item, seconds in _runner.pending_seconds(nb, projector) if nb.plan is not None else []:
-            total += seconds
-            rows.append(dict(tier="stage 2", notebook=nb.notebook, group=item.group, seed=item.seed,
-                             length=f"{item.epochs} epochs", seconds=seconds, cumulative=total, stored="no",
-                             fits=fits(seconds)))
         if nb.plan is None:
             notes.append(f"{nb.notebook}: no plan ({nb.error}); its runs are not listed")
+            continue
+        for r, seconds, done in _stage_two(nb, lab if stored else None, stored, projector, order):
+            total += seconds
+            row = _row("stage 2", nb.notebook, r.group, r.spec, seconds, total, done, "yes" if done else fits(seconds))
+            rows.append(row)
     return rows, notes
+
+
+def _stage_two(nb, lab, stored: dict, projector, order) -> list[tuple]:
+    """A plan's second stage for ``plan``: ``(run, projected seconds, stored)`` per run, made with
+    ``plan.then(lab)`` where its first stage is all stored here, else as far as it is known
+    before (``plan.pending``; stored unknown or no)."""
+    if getattr(nb.plan, "then", None) is None:
+        return []
+    if lab is not None and all(stored.get(lab.bind(s)) for s in nb.plan.specs()):
+        try:
+            runs = _runner.ordered_runs([nb.plan.then(lab)], lab.bind, order, stage=2)
+        except MissingRuns:
+            runs = None
+        if runs is not None:
+            out = []
+            for r in runs:
+                done = lab.store.get(r.spec) is not None
+                out.append((r, 0.0 if done else projector.seconds(r.spec), done))
+            return out
+    pending = _runner.pending_seconds(nb, projector)
+    return [(_runner.PlannedRun(_Pending(item), nb.notebook, item.group, 2, stage=2), seconds,
+             None if lab is None else False) for item, seconds in pending]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A second-stage run before its stage is known, shaped like a spec for the plan's table."""
+
+    item: object
+
+    @property
+    def seed(self) -> int:
+        return self.item.seed
+
+    @property
+    def epochs(self) -> int:
+        return self.item.epochs
 
 
 def find_data_quietly(data: str | None) -> str | None:
@@ -543,7 +580,7 @@ def find_data_quietly(data: str | None) -> str | None:
 
 
 def _row(tier, notebook, group, spec, seconds, total, done, fits: str) -> dict:
-    length = f"{spec.epochs} epochs" if isinstance(spec, TrainSpec) else f"{spec.num_it} iterations"
+    length = f"{spec.epochs} epochs" if isinstance(spec, (TrainSpec, _Pending)) else f"{spec.num_it} iterations"
     return dict(tier=tier, notebook=notebook, group=group, seed=spec.seed, length=length, seconds=seconds,
                 cumulative=total, stored={True: "yes", False: "no", None: "?"}[done], fits=fits)
 
