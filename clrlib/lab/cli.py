@@ -213,15 +213,14 @@ def _kernel_manager(stderr):
     return KernelManager(kernel_name="python3")
 
 
-def _execute(name: str, settings: dict, base: Path, render_only: bool = False) -> float:
+def _execute(name: str, settings: dict, base: Path) -> float:
     """Run one notebook with papermill; the executed notebook appears whole or not at all. The
     kernel's own log goes to ``<base>/.<name>.kernel.log``."""
     import papermill
     executed, partial = base / f"{name}.ipynb", base / f".{name}.partial.ipynb"
     start = time.time()
     try:
-        with _environment(**{RENDER_ONLY_VARIABLE: "1" if render_only else None}), \
-                open(base / f".{name}.kernel.log", "ab") as kernel_log:
+        with open(base / f".{name}.kernel.log", "ab") as kernel_log:
             papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(partial), parameters=settings,
                                        cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3",
                                        km=_kernel_manager(kernel_log))
@@ -387,7 +386,7 @@ def _render(notebooks, labs, base: Path, report: Report, render_only: bool, redo
         log(f"{name} ({report.profile}) ...")
         report.executing.append(name)
         try:
-            seconds = _execute(name, settings, base, render_only)
+            seconds = _execute(name, settings, base)
         except KeyboardInterrupt:
             _clear_results(base, name)  # what it wrote before Ctrl-C is not a result
             raise
@@ -403,13 +402,14 @@ def _render(notebooks, labs, base: Path, report: Report, render_only: bool, redo
         report.executed.append(name)
         log(f"{name} done in {seconds:.0f} s -> {base / (name + '.ipynb')}")
 
-    if jobs > 1 and len(todo) > 1:  # several notebooks at once (their kernels share a Ray cluster)
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            list(pool.map(execute_one, todo))
-    else:
-        for item in todo:
-            execute_one(item)
+    with _environment(**{RENDER_ONLY_VARIABLE: "1" if render_only else None}):  # what the kernels inherit
+        if jobs > 1 and len(todo) > 1:  # several notebooks at once (their kernels share a Ray cluster)
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                list(pool.map(execute_one, todo))
+        else:
+            for item in todo:
+                execute_one(item)
 
 
 def run_suite(names: Sequence[str] = (), profile: str = "auto", data: str | None = None,
