@@ -19,6 +19,9 @@ TORCH_PINS ?= torch==2.9.1 torchvision==0.24.1
 else
 TORCH_PINS ?= torch torchvision
 endif
+# Where pip gets torch and torchvision: empty for PyPI (on Linux x86_64, the CUDA build, several GB);
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu for PyTorch's CPU-only build.
+TORCH_INDEX ?=
 
 # Where CIFAR-10 is read from: $CLRLIB_DATA if set, else ./data (git-ignored).
 # Override with `make run DATA=/some/folder`.
@@ -43,7 +46,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install $(TORCH_PINS)
+	$(PIP) install $(TORCH_PINS) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -e '.[all]'
 	touch $@
 
