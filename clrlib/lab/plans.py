@@ -347,21 +347,19 @@ def recipe_stage(p: dict[str, Any], lab) -> Plan:
 # --- 08 ---------------------------------------------------------------------------------------------
 
 def plan_same_budget(p: dict[str, Any]) -> Plan:
-    """08: the range test, 1cycle, super-convergence and He et al.'s step schedule, one budget."""
+    """08: the range test, 1cycle, super-convergence and He et al.'s step schedule, one budget. Not the
+    post's own numbers, so none is headline: on a GPU window they come after the post's."""
     plan = Plan("08_same_budget")
     finder = dict(start_lr=p["start_lr"], end_lr=p["end_lr"], num_it=p["num_it"])
     plan.add("range test", [_finder(p, s, **finder) for s in p["seeds"]])
     cycle = _one_cycle(p["max_lr"], p["div"], p["final_div"], p["annihilate"], p["moms"])
-    plan.add(f"1cycle, max LR {p['max_lr']:g}", [_train(p, cycle, p["epochs"], s) for s in p["seeds"]],
-             rank="headline")
+    plan.add(f"1cycle, max LR {p['max_lr']:g}", [_train(p, cycle, p["epochs"], s) for s in p["seeds"]])
     step = ScheduleSpec.make("multistep", lr=p["step_lr"], milestones=p["step_milestones"],
                              factor=p["step_factor"])
     plan.add("step schedule (He et al.)", [_train(p, step, p["epochs"], s, batch_size=p["step_batch_size"],
-                                                  momentum=p["step_momentum"]) for s in p["seeds"]],
-             rank="headline")
+                                                  momentum=p["step_momentum"]) for s in p["seeds"]])
     sc = _one_cycle(p["sc_max_lr"], p["sc_div"], p["final_div"], p["sc_annihilate"], p["moms"])
-    plan.add(f"super-convergence, max LR {p['sc_max_lr']:g}", [_train(p, sc, p["epochs"], s) for s in p["seeds"]],
-             rank="headline")
+    plan.add(f"super-convergence, max LR {p['sc_max_lr']:g}", [_train(p, sc, p["epochs"], s) for s in p["seeds"]])
     return plan
 
 
