@@ -182,12 +182,15 @@ class FinderResult:
 
         Rule: ``min_loss_lr / divisor``, by default a third of the LR at the lowest smoothed
         loss, about half a decade to its left on the log axis: still on the descent, clear of
-        the flat bottom and of the blow-up. On the saved quick curve (ResNet-20, real CIFAR-10,
-        batch 256, wd 1e-4, 1e-5 to 100: minimum at 5.3, blow-up at 38) it gives 1.8, where
-        the post would use 0.8 to 3; on the weight-decay sweep's curves (wd 1e-5 to 1e-2) 1.0,
-        1.2, 1.2 and 0.24. (A rule on the slope instead, the largest LR before the minimum
-        where the loss still falls at a given fraction of its steepest rate, proved fragile:
-        on the quick curve it moved from 0.55 to 2.4 as the fraction went from 1/3 to 1/4.)
+        the flat bottom and of the blow-up. On the quick profile's stored curves (ResNet-20,
+        real CIFAR-10, batch 256, wd 1e-4, 1e-5 to 100; results/quick/01_lr_finder) it gives
+        2.53 with He et al.'s initialisation (minimum at 7.59, blow-up at 38.0) and 1.33 with
+        the post's (minimum at 3.98, blow-up at 27.5), where the post would use 0.8 to 3; on
+        the weight-decay sweep's curves (wd 1e-5, 1e-4, 1e-3, 1e-2; results/quick/06_weight_decay)
+        0.21, 1.01, 0.70 and 0.23. (A rule on the slope instead, the largest LR before the
+        minimum where the loss still falls at a given fraction of its steepest rate, proved
+        fragile: on an earlier quick curve it moved from 0.55 to 2.4 as the fraction went from
+        1/3 to 1/4.)
 
         The smoothed loss lags the raw one, so its minimum can lie past the LR at which a
         fixed-LR run would diverge; this is a peak for a cycle that visits it briefly, not a
@@ -235,8 +238,9 @@ class FinderResult:
             ``"steepest"``: where the smoothed loss falls fastest against log(LR): a
             conservative fixed LR, far below a 1cycle maximum.
 
-        On the saved quick curve (1e-5 to 100, blow-up at 38) these give 1.8, 3.8, 0.53, 0.0067
-        and 0.0016; the post would take 0.8 to 3 as the 1cycle maximum.
+        On the quick profile's stored curve with He et al.'s initialisation (1e-5 to 100,
+        blow-up at 38.0; results/quick/01_lr_finder) these give 2.53, 3.80, 0.76, 0.0087 and
+        0.0020; the post would take 0.8 to 3 as the 1cycle maximum.
 
         Args:
             method: one of :data:`SUGGESTIONS`.
@@ -499,7 +503,7 @@ def lr_find(model: nn.Module, loss_fn: Callable | str, batches: Iterable, optimi
             beta: float = 0.98, stop_factor: float | None = 4.0, val_batches: Iterable | None = None,
             accuracy: bool = False, amp: bool | None = None, precision: str | None = None,
             endpoint: bool = True, *, unpack: Callable | None = None, accumulation_steps: int = 1,
-            best_after: int = 0) -> FinderResult:
+            best_after: int = 0, progress: bool = False) -> FinderResult:
     """Run the LR range test and restore the model and optimizer afterwards.
 
     The defaults (1e-7 to 10, last iteration at ``end_lr``) are fastai 1's and torch-lr-finder's
@@ -546,6 +550,8 @@ def lr_find(model: nn.Module, loss_fn: Callable | str, batches: Iterable, optimi
             cannot stop on them (except on a non-finite loss); 0 tracks the best from the start.
             fastai 0.7 (the post) does not stop during its first 11 steps:
             ``best_after=FASTAI_BEST_AFTER``.
+        progress: a tqdm progress bar over the iterations, with the LR and the smoothed loss
+            (nothing is printed otherwise).
 
     Returns:
         A :class:`FinderResult`.
@@ -578,7 +584,7 @@ def lr_find(model: nn.Module, loss_fn: Callable | str, batches: Iterable, optimi
     if start_lr is None:
         start_lr = _optimizer_lr(optimizer)
     _check_args(start_lr, end_lr, num_it, mode, beta, stop_factor, accumulation_steps, best_after)
-    for name, flag in (("accuracy", accuracy), ("endpoint", endpoint)):
+    for name, flag in (("accuracy", accuracy), ("endpoint", endpoint), ("progress", progress)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
     if val_batches is not None and (isinstance(val_batches, (torch.Tensor, str, Mapping))
@@ -593,13 +599,16 @@ def lr_find(model: nn.Module, loss_fn: Callable | str, batches: Iterable, optimi
                                         held_out=val_batches is not None, accuracy=accuracy,
                                         precision="bf16" if in_effect else "fp32", endpoint=endpoint,
                                         accumulation_steps=accumulation_steps, best_after=best_after))
-    saved = snapshot(model, optimizer)
+    saved, bar = snapshot(model, optimizer), None
     try:
         if not model.training:  # a model already training keeps its own per-layer settings
             model.train()
         # the precision recorded is the one used, for the training steps and any held-out loss alike
-        _run(result, forward, _repeat(batches), optimizer, val_batches, in_effect)
+        bar = _progress_bar(num_it) if progress else None
+        _run(result, forward, _repeat(batches), optimizer, val_batches, in_effect, bar)
     finally:
+        if bar is not None:
+            bar.close()
         restore(model, optimizer, saved)
     return result
 
@@ -718,7 +727,7 @@ def _stops(settings: dict, i: int, lr: float, loss: float, smoothed: float, best
 
 
 def _run(result: FinderResult, forward: _Forward, batches: Iterator, optimizer: torch.optim.Optimizer,
-         val_batches: Iterable | None, amp: bool) -> None:
+         val_batches: Iterable | None, amp: bool, bar=None) -> None:
     """The range test's loop, filling ``result`` (whose settings hold the other arguments)."""
     s = result.settings
     amp_ctx = autocast(forward.device, amp)
@@ -742,5 +751,13 @@ def _run(result: FinderResult, forward: _Forward, batches: Iterator, optimizer: 
         result.lrs.append(lr)
         result.losses.append(smoothed)
         result.raw_losses.append(loss)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(lr=f"{lr:.3g}", loss=f"{smoothed:.3f}", refresh=False)
         if s["accuracy"]:
             result.accuracies.append(acc)
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="it", desc="range test", leave=False)

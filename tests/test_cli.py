@@ -268,3 +268,73 @@ def test_use_executor_sets_what_the_kernels_read(monkeypatch):
     import os
     assert os.environ["CLRLIB_EXECUTOR"] == "local"
     monkeypatch.setenv("CLRLIB_EXECUTOR", "local")  # restored by monkeypatch after the test
+
+
+# --- the last lines and progress ------------------------------------------------------------------
+
+def test_the_last_lines_name_the_gallery_and_what_was_reused_not_the_wide_table(capsys, tmp_path, fake_papermill):
+    base = (tmp_path / "out" / "smoke").resolve()
+    args = ("run", "03", "--profile", "smoke", "--out", str(tmp_path / "out"))
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    assert "post_value" not in out and "n_seeds" not in out, "the summary table belongs in the files"
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"results: {base / 'README.md'}") and str(base / "summary.csv") in last, last
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    reused = [line for line in out.splitlines() if line.startswith("notebooks reused")]
+    assert reused and "03_one_cycle" in reused[0] and "--redo" in reused[0], out
+    assert out.strip().splitlines()[-1].startswith("results: "), out
+
+
+@pytest.mark.parametrize("setting, shown", [("1", True), ("0", False)])
+def test_the_suite_shows_a_progress_bar_of_runs_unless_told_not_to(capsys, tmp_path, fake_papermill, monkeypatch,
+                                                                  setting, shown):
+    monkeypatch.setenv("CLRLIB_PROGRESS", setting)
+    code, _, err = run(capsys, "run", "03", "--profile", "smoke", "--train-only", "--out", str(tmp_path / "out"))
+    assert code == 0
+    assert ("suite:" in err and "run" in err and "min projected for the rest" in err) is shown, err
+
+
+def test_progress_is_off_under_ci_and_on_a_terminal_otherwise(monkeypatch):
+    from clrlib.lab import runner
+    monkeypatch.delenv("CLRLIB_PROGRESS", raising=False)
+    monkeypatch.setenv("CI", "true")
+    assert runner.progress_enabled() is False
+    monkeypatch.delenv("CI")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert runner.progress_enabled() is True
+
+
+# --- faults: a symlink loop as --data, a full disk under --out -----------------------------------------
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_a_symlink_loop_as_data_exits_2_naming_it(capsys, tmp_path, fake_papermill, command):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    extra = ("--out", str(tmp_path / "out")) if command == "run" else ()
+    code, out, err = run(capsys, command, "03", "--profile", "quick", "--data", str(loop), *extra)
+    assert code == 2, out + err
+    assert f"--data {loop}: cannot be resolved" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and fake_papermill.calls == []
+
+
+def test_too_little_free_space_under_out_is_refused_before_any_training(capsys, tmp_path, fake_papermill,
+                                                                         fake_training, monkeypatch):
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=5 * 2**20))
+    code, out, err = run(capsys, "run", "03", "--profile", "smoke", "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert "only 5 MiB free under" in err and "free some space or give another folder" in err
+    assert fake_training.specs == [] and fake_papermill.calls == []
+
+
+def test_a_disk_that_fills_while_a_notebook_runs_keeps_nothing_of_it(capsys, tmp_path, fake_papermill, monkeypatch):
+    import errno
+    fake_papermill.fail = OSError(errno.ENOSPC, "No space left on device", "figure.png")
+    code, out, err = run(capsys, "run", "03", "--profile", "smoke", "--out", str(tmp_path / "out"))
+    base = tmp_path / "out" / "smoke"
+    assert code == 1
+    assert "cannot write its results under" in err and "No space left on device" in err and "Traceback" not in err
+    assert not list(base.glob("*.ipynb")) and not list(base.glob(".*.partial.ipynb"))
+    assert not (base / "03_one_cycle" / "summary_rows.csv").exists()

@@ -662,3 +662,18 @@ def test_held_out_losses_use_the_recorded_precision(monkeypatch, precision, dtyp
     held_out = [d for training, d in seen if not training]
     assert len(held_out) == 5 and set(held_out) == {dtype}
     assert {d for training, d in seen if training} == {dtype}
+
+
+def test_a_range_test_can_show_a_progress_bar_and_prints_nothing_otherwise(capsys):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    lr_find(model, torch.nn.functional.cross_entropy, data, opt, start_lr=1e-3, end_lr=1.0, num_it=5)
+    assert capsys.readouterr() == ("", "")
+    lr_find(model, torch.nn.functional.cross_entropy, data, opt, start_lr=1e-3, end_lr=1.0, num_it=5, progress=True)
+    err = capsys.readouterr().err
+    assert "range test" in err and "/5 [" in err, err
+    with pytest.raises(ValueError, match="progress must be True or False, got 'yes'"):
+        lr_find(model, torch.nn.functional.cross_entropy, data, opt, start_lr=1e-3, end_lr=1.0, num_it=5,
+                progress="yes")

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -45,17 +46,21 @@ from .runs import RENDER_ONLY_VARIABLE, Lab, MissingRuns
 from .specs import SpecError, TrainSpec
 from .store import StoreLockTimeout, StoreNotWritable
 from .store import atomic_write_text, jsonable
-from .suite import NOTEBOOK_DIR, NOTEBOOKS, ORDER, PROFILES, ProfileError, write_summary
+from .suite import (NOTEBOOK_DIR, NOTEBOOKS, ORDER, PROFILES, NotebooksNotFound, ProfileError, notebook_dir,
+                    write_summary)
 
 __all__ = ["main", "run_suite", "run_notebooks", "resolve_names", "parse_order", "RunnerError", "Report",
            "package_hash", "plan_rows"]
 
+#: The least free space under --out the runner starts with: a profile's run records, figures and
+#: executed notebooks take a few MiB to a few tens of MiB.
+MIN_FREE_BYTES = 64 * 2**20
 #: Parameters that say where things are or how they are shown, not what runs.
 _NOT_SETTINGS = {"out_dir", "data_root", "redo", "progress"}
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 #: What a notebook writes beside its executed copy; removed before it is executed again (and
 #: after a failed execution), so that the summary and gallery never show a stale notebook's rows.
-_RESULT_FILES = ("summary_rows.csv", "comparison_rows.csv", "figures.json", "completed.json")
+_RESULT_FILES = ("summary_rows.csv", "comparison_rows.csv", "figures.json", "findings.md", "completed.json")
 
 
 class RunnerError(RuntimeError):
@@ -84,9 +89,20 @@ def parse_order(text: str | None) -> tuple[str, ...]:
     return tuple(listed + [n for n in ORDER if n not in listed])
 
 
+def _data_root(data: str | None) -> Path:
+    """``--data`` (or the default data root) as an absolute path; a :class:`RunnerError` naming it
+    if it cannot be resolved (a symlink loop)."""
+    root = Path(data).expanduser() if data else _data.default_data_root()
+    try:
+        return root.resolve()
+    except (RuntimeError, OSError) as e:  # Python < 3.13 says RuntimeError for a symlink loop
+        raise RunnerError(f"--data {data if data else root}: cannot be resolved ({e}); give the folder "
+                          f"holding {_data.FOLDER}") from None
+
+
 def find_data(data: str | None) -> str | None:
     """The data root holding CIFAR-10, downloading it where missing; None (and a message) if there is none."""
-    root = (Path(data).expanduser() if data else _data.default_data_root()).resolve()
+    root = _data_root(data)
     if _data.find_cifar10(root) is not None:
         return str(root)
     existed = root.exists()
@@ -113,8 +129,13 @@ def _prepare_out(out: str | os.PathLike, profile: str) -> Path:
         probe = base / ".write-test"
         probe.write_text("")
         probe.unlink()
+        free = shutil.disk_usage(base).free
     except OSError as e:
         raise RunnerError(f"--out {out}: cannot write in {base} ({e.strerror}); give a writable folder") from None
+    if free < MIN_FREE_BYTES:
+        raise RunnerError(f"--out {out}: only {free / 2**20:.0f} MiB free under {base}; the suite needs at least "
+                          f"{MIN_FREE_BYTES / 2**20:.0f} MiB (run records, figures, executed notebooks): free some "
+                          "space or give another folder")
     return base
 
 
@@ -222,11 +243,16 @@ def _execute(name: str, settings: dict, base: Path) -> float:
     try:
         with open(base / f".{name}.kernel.log", "ab") as kernel_log:
             papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(partial), parameters=settings,
-                                       cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3",
+                                       cwd=str(NOTEBOOK_DIR), progress_bar=_runner.progress_enabled(), kernel_name="python3",
                                        km=_kernel_manager(kernel_log))
     except papermill.PapermillExecutionError as e:
         raise RunnerError(f"notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}; "
                           f"the partly executed notebook is {partial}") from None
+    except OSError as e:  # a full disk or a folder made read-only meanwhile: nothing of it is kept
+        partial.unlink(missing_ok=True)
+        raise RunnerError(f"notebook {name}: cannot write its results under {base} ({e.strerror or e}"
+                          f"{': ' + str(e.filename) if e.filename else ''}); free some space or give another "
+                          "--out; nothing of this notebook is kept") from None
     os.replace(partial, executed)
     return time.time() - start
 
@@ -242,6 +268,8 @@ class Report:
     outcome: _runner.Outcome = field(default_factory=_runner.Outcome)
     missing: dict = field(default_factory=dict)        # render-only: {notebook: [line, ...]}
     executed: list = field(default_factory=list)       # notebooks executed now
+    reused: list = field(default_factory=list)         # notebooks done earlier with the same settings, data, code
+    gallery: Path | None = None                        # the profile's results page, once written
     executing: list = field(default_factory=list)      # notebooks being executed
     skipped: dict = field(default_factory=dict)        # {notebook: why not executed}
     failed_notebooks: list = field(default_factory=list)  # (notebook, message)
@@ -266,11 +294,17 @@ class Report:
                        + (f", {len(o.failed)} failed" if o.failed else ""))
         if self.executed:
             out.append(f"notebooks executed: {', '.join(self.executed)}")
+        if self.reused:
+            out.append(f"notebooks reused (done earlier with these settings, data and code; --redo executes them "
+                       f"again): {', '.join(self.reused)}")
         if o.not_started:
             out.append(f"left for later ({len(o.not_started)} runs; the same command resumes):")
             out += [f"  {run.label} [tier {run.tier}]: {reason}" for run, reason in o.not_started]
         for name, why in self.skipped.items():
             out.append(f"not executed: {name}: {why}")
+        if self.gallery is not None:
+            out.append(f"results: {self.gallery} (every table, figure and caption, and what each notebook found); "
+                       f"the numbers in {self.gallery.parent / 'summary.csv'}, the executed notebooks beside it")
         return out
 
     def failure_lines(self) -> list[str]:
@@ -303,7 +337,7 @@ def _labs(notebooks, base: Path, data_root, redo: bool, executor, train: bool, l
         key = (nb.params.get("device"), nb.params.get("compile_model"))
         if key not in labs:
             labs[key] = Lab(base / "runs", data_root=data_root, device=key[0], compile=key[1], redo=redo,
-                            executor=executor, log=log, train=train)
+                            executor=executor, log=log, train=train, progress=_runner.progress_enabled())
     return labs
 
 
@@ -373,6 +407,7 @@ def _render(notebooks, labs, base: Path, report: Report, render_only: bool, redo
         done = _read_done(base / nb.notebook / "completed.json")
         if not redo and done and done.get("settings") == digest and (base / f"{nb.notebook}.ipynb").exists():
             log(f"{nb.notebook} ({report.profile}): done earlier with these settings, data and code, skipped")
+            report.reused.append(nb.notebook)
             continue
         _clear_results(base, nb.notebook)  # a failed or skipped rerun must not leave the last one's results
         incomplete = report.outcome.incomplete(nb.notebook)
@@ -440,8 +475,10 @@ def run_suite(names: Sequence[str] = (), profile: str = "auto", data: str | None
         report.missing = _missing_report(notebooks, labs, log)
     if render and not (report.outcome.failed and not keep_going):
         _render(notebooks, labs, base, report, not train, redo, jobs, log)
-        table = write_summary(base)
-        log(table.to_string(index=False))
+        table = write_summary(base)  # the wide table goes to the files; the last lines name them
+        report.gallery = base / "README.md"
+        log(f"summary: {len(table)} rows from {table['experiment'].nunique() if len(table) else 0} experiments "
+            f"in {base / 'summary.csv'}")
     if asked != "smoke" and profile == "smoke":
         report.notes.append("Note: CIFAR-10 was not found, so these are the smoke profile's results on "
                             "synthetic data.")
@@ -575,8 +612,8 @@ class _Pending:
 
 def find_data_quietly(data: str | None) -> str | None:
     """The data root holding CIFAR-10 (``data``, else the default one), or None; nothing downloaded."""
-    root = (Path(data).expanduser() if data else _data.default_data_root())
-    return str(root.resolve()) if _data.find_cifar10(root) is not None else None
+    root = _data_root(data)
+    return str(root) if _data.find_cifar10(root) is not None else None
 
 
 def _row(tier, notebook, group, spec, seconds, total, done, fits: str) -> dict:
@@ -687,7 +724,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             print("\n".join(ORDER))
             print("profiles:", ", ".join(PROFILES))
+            try:
+                notebook_dir()
+            except NotebooksNotFound as e:
+                print(f"note: {e}")
             return 0
+        if args.command in ("plan", "run"):
+            notebook_dir()  # an installed package has no notebooks: say so before anything is written
         if args.command == "doctor":
             from .doctor import run_doctor
             return run_doctor(full=args.full, device=args.device)

@@ -28,6 +28,8 @@ Example:
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -244,6 +246,37 @@ class Outcome:
         return [r for r, _ in self.failed + self.not_started if r.notebook == notebook]
 
 
+def progress_enabled() -> bool:
+    """Whether the runner shows progress bars: ``$CLRLIB_PROGRESS`` (1 or 0) if set, else on a
+    terminal and off under CI (``$CI`` set)."""
+    said = os.environ.get("CLRLIB_PROGRESS")
+    if said is not None:
+        return said.strip().lower() not in ("", "0", "false", "no")
+    return not os.environ.get("CI") and sys.stderr.isatty()
+
+
+class _SuiteBar:
+    """The suite's progress bar: runs done of those to train, and the projected time left."""
+
+    def __init__(self, lab: Lab, runs: Sequence[PlannedRun], projector: Projector) -> None:
+        from tqdm.auto import tqdm
+        missing = set(lab.missing([r.spec for r in runs]))
+        self.left = {r.spec: projector.seconds(r.spec) for r in runs if r.spec in missing}
+        self.bar = tqdm(total=len(self.left), unit="run", desc="suite", position=1, leave=True)
+        self._show()
+
+    def done(self, spec) -> None:
+        self.left.pop(spec, None)
+        self.bar.update(1)
+        self._show()
+
+    def _show(self) -> None:
+        self.bar.set_postfix_str(f"about {sum(self.left.values()) / 60:.0f} min projected for the rest")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def train_planned(lab: Lab, runs: Sequence[PlannedRun], projector: Projector | None = None,
                   budget: Budget | None = None, keep_going: bool = True, outcome: Outcome | None = None,
                   log: Callable[[str], None] = print) -> Outcome:
@@ -267,15 +300,25 @@ def train_planned(lab: Lab, runs: Sequence[PlannedRun], projector: Projector | N
         log(f"{run.label}: {reason}")
         return False
 
+    bar = _SuiteBar(lab, runs, projector) if progress_enabled() and runs else None
+
     def stored(spec, run) -> None:
         projector.observe(spec, run.meta, len(run.frame))
         outcome.made.append(by_spec[spec])
+        if bar is not None:
+            bar.done(spec)
 
     def failed(spec, error) -> None:
         outcome.failed.append((by_spec[spec], error))
         log(f"FAILED {by_spec[spec].label}: {str(error).splitlines()[0]}")
+        if bar is not None:
+            bar.done(spec)
 
-    made = lab.make([r.spec for r in runs], admit=admit, on_stored=stored, on_failed=failed)
+    try:
+        made = lab.make([r.spec for r in runs], admit=admit, on_stored=stored, on_failed=failed)
+    finally:
+        if bar is not None:
+            bar.close()
     fresh = set(made.missing)
     outcome.stored += [r for r in runs if r.spec not in fresh]
     return outcome

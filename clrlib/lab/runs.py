@@ -288,7 +288,7 @@ def finder_run(spec: FinderSpec, arrays, device: torch.device, progress: bool = 
     opt = torch.optim.SGD(model.parameters(), lr=spec.start_lr, momentum=spec.momentum,
                           weight_decay=spec.weight_decay, foreach=True)
     result = _finder.lr_find(model, torch.nn.functional.cross_entropy, train, opt, precision=precision,
-                             **spec.finder_args)
+                             progress=progress, **spec.finder_args)
     return result.to_frame(), _stamp(device, start, stop_lr=result.stop_lr, finder_settings=result.settings,
                                      precision=precision)
 

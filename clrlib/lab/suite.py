@@ -24,7 +24,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -37,7 +37,7 @@ from .specs import FinderSpec, TrainSpec
 from .store import atomic_write_text, jsonable
 from ..train import resolve_precision
 
-__all__ = ["NOTEBOOKS", "PROFILES", "ORDER", "ProfileError", "notebook_parameters", "load_profile",
+__all__ = ["NOTEBOOKS", "PROFILES", "ORDER", "ProfileError", "NotebooksNotFound", "notebook_dir", "notebook_parameters", "load_profile",
            "apply_profile", "start", "Experiment", "SUMMARY_COLUMNS", "COMPARISON_COLUMNS", "write_summary"]
 
 NOTEBOOKS = ("01_lr_finder", "02_cyclical_lr", "03_one_cycle", "04_super_convergence",
@@ -55,6 +55,25 @@ COMPARISON_COLUMNS = ["comparison", "metric", "difference", "ci95", "n_a", "n_b"
 
 class ProfileError(ValueError):
     """A bad notebook name, profile file, section or setting; the message names it."""
+
+
+class NotebooksNotFound(ProfileError):
+    """The notebooks folder is absent: clrlib was installed as a package, without a checkout."""
+
+
+def notebook_dir() -> Path:
+    """The folder of the suite's notebooks, or :class:`NotebooksNotFound` saying where it looked.
+
+    An installed wheel ships the library and the profiles, not the notebooks: the suite needs a
+    checkout of the repository."""
+    if not NOTEBOOK_DIR.is_dir():
+        raise NotebooksNotFound(
+            f"the notebook suite needs a checkout of the repository: there is no notebooks folder at "
+            f"{NOTEBOOK_DIR} (this clrlib is installed as a package, which ships the library and its "
+            "profiles but not the notebooks). Get the suite with `git clone <the clrlib repository> clrlib && "
+            "cd clrlib && make run`; the library itself (clrlib.schedules, clrlib.finder, clrlib.train, ...) "
+            "works as installed.")
+    return NOTEBOOK_DIR
 
 
 # --- parameters and profiles ---------------------------------------------------------------------
@@ -76,7 +95,7 @@ def notebook_parameters(notebook: str) -> dict[str, Any]:
     """The names and default values of ``notebook``'s parameters cell, in order."""
     if notebook not in NOTEBOOKS:
         raise ProfileError(f"unknown notebook {notebook!r}; choose from {NOTEBOOKS}")
-    path = NOTEBOOK_DIR / f"{notebook}.ipynb"
+    path = notebook_dir() / f"{notebook}.ipynb"
     return dict(_parameters_cached(str(path), path.stat().st_mtime))
 
 
@@ -410,6 +429,32 @@ class Experiment:
                           pd.DataFrame(self.comparisons, columns=COMPARISON_COLUMNS).to_csv(index=False))
         return row
 
+    def conclude(self, claims: Mapping[str, Any] | None = None):
+        """The notebook's closing cell: what this run found, as Markdown made from its numbers.
+
+        ``claims`` maps a claim of the post to the finding measured here (a
+        :class:`~clrlib.lab.findings.Finding` or a sentence computed from the runs); then come
+        the summary rows that have a post value beside them and the comparisons, with where their
+        direction disagrees with the post's. Written to ``<out>/findings.md`` (the gallery shows
+        it) and returned as an ``IPython.display.Markdown`` (plain text without IPython).
+        """
+        from .findings import closing_lines
+        lines = [f"### What this run found ({self.describe_setting()})", ""]
+        lines += [f"- The post: {claim}. Here: {finding}." for claim, finding in (claims or {}).items()]
+        lines += closing_lines(self.table(), self.comparisons_table())
+        text = "\n".join(lines) + "\n"
+        atomic_write_text(self.out / "findings.md", text)
+        try:
+            from IPython.display import Markdown
+        except ImportError:
+            return text
+        return Markdown(text)
+
+    def describe_setting(self) -> str:
+        """Profile, data, model and device in a few words, for the closing cell."""
+        return (f"profile {self.profile}: {self.model.label}, {self.data_label}, {self.data.n_train} "
+                f"training images, device {self.lab.device.type}")
+
     def _label(self, text: str) -> str:
         return f"{text} [synthetic data]" if self.data.synthetic else text
 
@@ -469,4 +514,6 @@ def _gallery(base: Path, tables: list[str]) -> str:
         lines += ["", f"## {name}", "", f"Executed notebook: [{name}.ipynb]({name}.ipynb)", ""]
         for fig in json.loads(path.read_text()):
             lines += [f"**{fig['name']}**: {fig['caption']}", "", f"![{fig['name']}]({name}/{fig['name']}.png)", ""]
+        if (findings := base / name / "findings.md").exists():
+            lines += [findings.read_text().replace("### ", "#### ", 1)]
     return "\n".join(lines) + "\n"
