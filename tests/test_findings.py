@@ -229,3 +229,29 @@ def test_the_finder_docstrings_quote_the_stored_quick_curves():
     quoted = [f"{kaiming[0]:.2f}", f"{kaiming[1]:.2f}", f"{kaiming[2] / 10:.2f}",
               f"{value('kaiming', 'suggestion valley'):.2g}", f"{value('kaiming', 'suggestion steepest'):.2g}"]
     assert ", ".join(quoted[:4]) + " and " in suggest_doc, (quoted, suggest_doc)
+
+
+def test_the_results_readme_states_the_stored_quick_numbers():
+    """Every number results/README.md puts in bold for the quick profile is one of quick/summary.csv's
+    or quick/comparisons.csv's (a value, its spread, the post's value, a difference), as printed."""
+    readme = ROOT / "results" / "README.md"
+    if not (QUICK / "summary.csv").exists():
+        pytest.skip("no quick results")
+    text = readme.read_text()
+    quick = text[text.index("## The quick profile"):text.index("## Full data on a CPU")]
+    summary, comparisons = pd.read_csv(QUICK / "summary.csv"), pd.read_csv(QUICK / "comparisons.csv")
+    known = [v for column in ("value", "std", "ci95", "post_value") for v in summary[column].dropna()]
+    known += [v for column in ("difference", "ci95", "post_difference") for v in comparisons[column].dropna()]
+
+    def stored(number: str) -> bool:
+        x = float(number)
+        if "e" in number:
+            return any(math.isclose(v, x, rel_tol=1e-9) for v in known)
+        digits = len(number.split(".")[1]) if "." in number else 0
+        return any(abs(round(scale * v, digits) - x) < 1e-9 for v in known for scale in (1, 100))
+
+    bold = re.findall(r"\*\*([^*]+)\*\*", quick)
+    numbers = [n for b in bold for n in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", b.replace("+-", " "))]
+    assert len(numbers) > 20, bold
+    unknown = [n for n in numbers if not stored(n)]
+    assert not unknown, f"bold numbers in results/README.md that quick/*.csv do not hold: {unknown}"
