@@ -83,10 +83,11 @@ def test_gap_in_annihilation_says_what_each_run_does():
 
 
 def test_gap_through_cycle_reports_the_peak_and_the_annihilation():
-    f = findings.gap_through_cycle(cycle_history([0.1, 0.3, 0.2, 0.25, 0.2, 0.1, 0.05, 0.02, 0.01, 0.01]))
+    f = findings.gap_through_cycle(cycle_history([0.1, 0.2, 0.3, 0.25, 0.2, 0.1, 0.05, 0.02, 0.01, 0.01]))
     assert f.direction == "closes"
     assert f.numbers["peak_in_cycle"] == pytest.approx(0.3)
-    assert "up to 0.300 during the cycle, 0.200 at its end (after epoch 5;" in f.text and "the gap closes" in f.text
+    assert "between 0.200 and 0.300 during the cycle (past its first 20%), 0.200 at its end (after epoch 5;" in f.text
+    assert "the gap closes" in f.text
 
 
 def test_closing_lines_put_each_number_beside_the_post_and_flag_an_opposite_direction():

@@ -134,18 +134,23 @@ def gap_in_annihilation(histories: Mapping[str, pd.DataFrame], tolerance: float 
     return Finding(text, direction, numbers)
 
 
-def gap_through_cycle(history: pd.DataFrame, tolerance: float = GAP_TOLERANCE) -> Finding:
-    """The gap of one 1cycle run: its largest value during the cycle, its value at the cycle's end
-    and at the end of training; ``direction`` is what it does in the annihilation."""
+def gap_through_cycle(history: pd.DataFrame, tolerance: float = GAP_TOLERANCE, skip: float = 0.2) -> Finding:
+    """The gap of one 1cycle run: its range during the cycle past the first ``skip`` of training
+    (early validation spikes of a young model left out, as :func:`clrlib.plots.plot_gaps` does),
+    its value at the cycle's end and at the end of training; ``direction`` is what it does in
+    the annihilation."""
     gap = loss_gap(history)
     start = annihilation_start(history)
     epoch, before = _gap_at(gap, start)
-    peak = float(gap.iloc[:epoch].max())
+    cycle = gap.iloc[:epoch]
+    cycle = cycle[cycle.index > skip] if (cycle.index > skip).any() else cycle
+    low, peak = float(cycle.min()), float(cycle.max())
     c = change(before, float(gap.iloc[-1]), tolerance)
-    text = (f"validation minus training loss: up to {peak:.3f} during the cycle, {c.before:.3f} at its end "
-            f"(after epoch {epoch}; the annihilation starts at {100 * start:.0f}% of training), {c.after:.3f} "
-            f"after the last epoch, {len(gap)}: in the annihilation the gap {c.gap_word}")
-    return Finding(text, c.gap_word, {"peak_in_cycle": peak, "before": c.before, "after": c.after,
+    text = (f"validation minus training loss: between {low:.3f} and {peak:.3f} during the cycle (past its first "
+            f"{100 * skip:.0f}%), {c.before:.3f} at its end (after epoch {epoch}; the annihilation starts at "
+            f"{100 * start:.0f}% of training), {c.after:.3f} after the last epoch, {len(gap)}: in the "
+            f"annihilation the gap {c.gap_word}")
+    return Finding(text, c.gap_word, {"peak_in_cycle": peak, "low_in_cycle": low, "before": c.before, "after": c.after,
                                       "annihilation_start": start, "epoch": epoch})
 
 
