@@ -501,6 +501,8 @@ def _progress_line(spec: Spec, run: StoredRun, done: int, total: int, elapsed: f
         what = (f"{spec.schedule.label}, {spec.epochs} epochs, seed {spec.seed}: "
                 f"{100 * acc.iloc[-1]:.2f}%" if len(acc) else "no epoch finished")
     else:
-        what = f"range test wd {spec.weight_decay:g}, batch {spec.batch_size}: stop LR {run.meta.get('stop_lr')}"
+        stop = run.meta.get("stop_lr")
+        said = f"{stop:.3g}" if isinstance(stop, (int, float)) else "none (the test ran to its end)"
+        what = f"range test wd {spec.weight_decay:g}, batch {spec.batch_size}: stop LR {said}"
     return (f"[{done}/{total} runs] {spec.kind}-{spec.key()} {what} "
             f"({run.meta.get('wall_seconds', 0):.0f} s; {elapsed:.0f} s so far)")
