@@ -62,6 +62,8 @@ def test_trend_names_the_direction_and_every_value():
     assert mixed.direction == "no single direction" and "does not move one way" in mixed.text
     with pytest.raises(ValueError, match="two or more"):
         findings.trend("x", {1: 1.0}, "y")
+    with pytest.raises(ValueError, match="the stop LR at weight decay 0.01 must be a finite number, got None"):
+        findings.trend("the stop LR", {1e-3: 5.0, 1e-2: None}, "weight decay")
 
 
 def test_annihilation_start_is_where_the_lr_stays_below_its_start():

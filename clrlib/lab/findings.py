@@ -82,10 +82,13 @@ def trend(what: str, by: Mapping[float, float], against: str) -> Finding:
     direction", with every value in the sentence.
 
     Raises:
-        ValueError: for fewer than two values.
+        ValueError: for fewer than two values, or a value that is not a finite number (naming it).
     """
     if len(by) < 2:
         raise ValueError(f"trend: {what} needs values at two or more {against} settings, got {dict(by)!r}")
+    for x, y in by.items():
+        if isinstance(y, bool) or not isinstance(y, (int, float)) or not math.isfinite(y):
+            raise ValueError(f"trend: {what} at {against} {x!r} must be a finite number, got {y!r}")
     xs = sorted(by)
     ys = [by[x] for x in xs]
     steps = [b - a for a, b in zip(ys, ys[1:])]
